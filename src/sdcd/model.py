@@ -1,0 +1,233 @@
+"""SDCD: the sequential VAE with a conditional normalizing flow (Simon, Frossard, De Vleeschouwer, ECCV 2024).
+
+    frames x_{1:T} ─frame encoder─► features e_t = mean_t + ε  (ε ~ N(0, I), train and test)
+    e_t ─(detached)─► static encoder ─► q(f_t|e_t) ─product of Gaussians─► q(f|e_{1:T}) ─► f
+    e_{1:T} ─(detached)─► h⁻¹(·, f_π(t)) ─► λ_{1:T}      (π: the shuffle; identity with aggregated f)
+    loss = SSE(decoder(e), x) + β·[log q(f) − log p_RealNVP(f)] + w·[−log p_h(e | f_π) − w_p·log p_LSTM(λ)]
+
+Stop-gradients follow the official code: the static encoder and the flow see detached features, the
+temporal flow layer sees a detached static code, and the LSTM prior is fitted on detached λ.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from einops import rearrange, repeat
+from lightning import LightningModule
+
+from sdcd.flows import ConditionalFlow, StaticPrior
+from sdcd.networks import (
+    FrameDecoder,
+    FrameEncoder,
+    LSTMPrior,
+    StaticEncoder,
+    gaussian_log_prob,
+    product_of_gaussians,
+)
+
+SHUFFLE_MODES = ("batch", "sequence")
+
+
+class Codes(NamedTuple):
+    """What `SDCD.encode` returns for x: (B, T, C, H, W)."""
+
+    f: torch.Tensor  # (B, D) aggregated static code (a sample of q(f | x), as in the official code)
+    f_mean: torch.Tensor  # (B, D) its mean
+    lam: torch.Tensor  # (B, T, D) dynamic codes h⁻¹(e, f)
+    features: torch.Tensor  # (B, T, D) frame features e_t
+
+
+class SDCD(LightningModule):
+    """Static/dynamic conditional disentanglement (the paper recipe, as the official code runs it).
+
+    Args:
+        n_frames: Frames per sequence T (16 on Moving dSprites, 8 on Sprites).
+        frame_size: Frame height = width, a power of two (64 in the paper).
+        channels: Colour channels of a frame.
+        base_channels: Width of the first encoder conv; later ones double (64 → 64,128,256,512).
+        latent_dim: D, the size of frame features, static code and dynamic codes (128).
+        static_hidden: Hidden width of the static encoder MLP (128).
+        flow_layers: Affine coupling layers in the conditional flow h, after its temporal layer (8).
+        flow_hidden: Hidden width of the flow conditioners (256).
+        temporal_layer: Use h's temporal affine layer conditioned on the previous frame (the paper's h).
+        prior_layers: Coupling layers of the RealNVP static prior p(f) (8).
+        prior_hidden: Hidden width of the static prior's conditioners (256).
+        lstm_hidden: Hidden size of the LSTM dynamic prior (256).
+        lstm_layers: Layers of the LSTM dynamic prior (2).
+        kl_weight: β, weight of the static KL term (0.2).
+        flow_weight: Weight of the flow NLL term (20).
+        dynamic_prior_weight: Weight of the LSTM prior NLL inside the flow term (0.0025; effective 0.05).
+        feature_noise: Std of the unit noise added to frame features, train and test (1.0).
+        variance_floor: Floor on the aggregated static variance (1e-6).
+        lr: Adam learning rate (1e-3).
+        grad_clip_norm: Gradient-norm clipping, always on (0.5); 0 disables it.
+        fused_adam: Use the fused Adam kernel when training on a GPU.
+    """
+
+    def __init__(
+        self,
+        n_frames: int = 16,
+        frame_size: int = 64,
+        channels: int = 3,
+        base_channels: int = 64,
+        latent_dim: int = 128,
+        static_hidden: int = 128,
+        flow_layers: int = 8,
+        flow_hidden: int = 256,
+        temporal_layer: bool = True,
+        prior_layers: int = 8,
+        prior_hidden: int = 256,
+        lstm_hidden: int = 256,
+        lstm_layers: int = 2,
+        kl_weight: float = 0.2,
+        flow_weight: float = 20.0,
+        dynamic_prior_weight: float = 0.0025,
+        feature_noise: float = 1.0,
+        variance_floor: float = 1e-6,
+        lr: float = 1e-3,
+        grad_clip_norm: float = 0.5,
+        fused_adam: bool = True,
+    ):
+        super().__init__()
+        for name, value in [("n_frames", n_frames - 1), ("latent_dim", latent_dim), ("lr", lr)]:
+            if value <= 0:
+                raise ValueError(f"model.{name} must be positive (n_frames ≥ 2), got {locals()[name]}")
+        for name, value in [("kl_weight", kl_weight), ("flow_weight", flow_weight), ("grad_clip_norm", grad_clip_norm),
+                            ("dynamic_prior_weight", dynamic_prior_weight), ("feature_noise", feature_noise)]:
+            if value < 0:
+                raise ValueError(f"model.{name} must be ≥ 0, got {value}")
+        self.save_hyperparameters()
+        d = latent_dim
+        self.encoder = FrameEncoder(frame_size, channels, base_channels, d)
+        self.mean_net = torch.nn.Linear(d, d)
+        self.decoder = FrameDecoder(frame_size, channels, base_channels, d)
+        self.static_encoder = StaticEncoder(d, static_hidden, d)
+        self.static_prior = StaticPrior(d, prior_layers, prior_hidden)
+        self.flow = ConditionalFlow(d, flow_layers, flow_hidden, temporal_layer)
+        self.dynamic_prior = LSTMPrior(d, lstm_hidden, lstm_layers)
+        # Set per training step by callbacks.ShuffleCallback (keyed on global_step). Without the
+        # callback every step shuffles with one permutation per batch, as in the paper.
+        self.shuffle: bool = True
+        self.shuffle_mode: str = "batch"
+        self.shuffle_generator: torch.Generator | None = None  # per-rank stream for "sequence" mode
+
+    # ---------------------------------------------------------------- building blocks
+    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C, H, W) → features e: (B, T, D) = frame mean + feature_noise·N(0, I)."""
+        b = x.shape[0]
+        mean = self.mean_net(self.encoder(rearrange(x, "b t c h w -> (b t) c h w")))
+        e = mean + self.hparams.feature_noise * torch.randn_like(mean)
+        return rearrange(e, "(b t) d -> b t d", b=b)
+
+    def decode_features(self, e: torch.Tensor) -> torch.Tensor:
+        """e: (B, T, D) → frames (B, T, C, H, W)."""
+        b = e.shape[0]
+        return rearrange(self.decoder(rearrange(e, "b t d -> (b t) d")), "(b t) c h w -> b t c h w", b=b)
+
+    def static_posterior(self, e: torch.Tensor):
+        """e: (B, T, D) → frame codes f_t (B, T, D) (sampled in training, means in eval) and the
+        aggregated posterior's mean and variance (B, D)."""
+        mu_t, logvar_t = self.static_encoder(e)
+        f_t = mu_t + torch.exp(0.5 * logvar_t) * torch.randn_like(mu_t) if self.training else mu_t
+        mu, var = product_of_gaussians(mu_t, logvar_t, self.hparams.variance_floor)
+        return f_t, mu, var
+
+    def permute_frames(self, f_t: torch.Tensor) -> torch.Tensor:
+        """The shuffle constraint: permute frame-wise static codes along time. f_t: (B, T, D)."""
+        b, t, _ = f_t.shape
+        if self.shuffle_mode == "batch":  # one permutation for the whole batch (the paper)
+            return f_t[:, torch.randperm(t, device=f_t.device)]
+        keys = torch.rand(b, t, device=f_t.device, generator=self.shuffle_generator)
+        perm = keys.argsort(dim=1)  # one permutation per sequence
+        return torch.gather(f_t, 1, repeat(perm, "b t -> b t d", d=f_t.shape[-1]))
+
+    # ---------------------------------------------------------------- training objective
+    def loss_terms(self, x: torch.Tensor, shuffle: bool) -> dict[str, torch.Tensor]:
+        """All loss terms for a batch x: (B, T, C, H, W); each summed over a sequence, batch-averaged."""
+        hp = self.hparams
+        e = self.frame_features(x)
+        recon = self.decode_features(e)
+        sse = ((recon.float() - x.float()) ** 2).flatten(1).sum(1).mean()
+
+        e_in = e.detach()  # disentanglement gradients never reach the frame autoencoder
+        f_t, mu, var = self.static_posterior(e_in)
+        f = mu + var.sqrt() * torch.randn_like(mu)
+        kl = (gaussian_log_prob(f, mu, var) - self.static_prior.log_prob(f)).mean()
+
+        t = x.shape[1]
+        aggregated = repeat(f, "b d -> b t d", t=t)
+        context = self.permute_frames(f_t) if shuffle else aggregated
+        lam, log_p = self.flow.inverse_and_log_prob(e_in, context)
+        nll_flow = -log_p.mean()
+        nll_prior = -self.dynamic_prior.log_prob(lam.detach()).mean()
+        loss = sse + hp.kl_weight * kl + hp.flow_weight * (nll_flow + hp.dynamic_prior_weight * nll_prior)
+        terms = {"loss": loss, "sse": sse, "kl": kl, "nll_flow": nll_flow, "nll_prior": nll_prior}
+        if shuffle:  # the aggregated-code NLL is what evaluation uses: log it, don't optimise it
+            with torch.no_grad():
+                terms["nll_flow_aggregated"] = -self.flow.inverse_and_log_prob(e_in, aggregated)[1].mean()
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.loss_terms(batch["x"], shuffle=self.shuffle)
+        loss = terms.pop("loss")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()})
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        terms = self.loss_terms(batch["x"], shuffle=False)
+        self.log("val/sse", terms.pop("sse"), prog_bar=True, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
+
+    def configure_optimizers(self):
+        fused = self.hparams.fused_adam and self.device.type == "cuda"
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused or None)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # The recipe's clipping is a model hyperparameter; an explicit Trainer setting still wins.
+        val = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip_norm
+        if val:
+            self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        hp = self.hparams
+        for name in ("n_frames", "frame_size", "n_channels"):
+            mine = hp.channels if name == "n_channels" else hp[name]
+            theirs = getattr(dm, name, None)
+            if theirs is not None and theirs != mine:
+                key = "channels" if name == "n_channels" else name
+                raise ValueError(
+                    f"model.{key}={mine} does not match the data ({type(dm).__name__}.{name}={theirs}); "
+                    f"set --model.{key}={theirs} or change the data config"
+                )
+
+    # ---------------------------------------------------------------- public API (evaluation, pictures)
+    def encode(self, x: torch.Tensor) -> Codes:
+        """x: (B, T, C, H, W) → Codes (aggregated static code, dynamic codes given it, features)."""
+        e = self.frame_features(x)
+        _, mu, var = self.static_posterior(e)
+        f = mu + var.sqrt() * torch.randn_like(mu)
+        lam, _ = self.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=x.shape[1]))
+        return Codes(f=f, f_mean=mu, lam=lam, features=e)
+
+    def decode(self, f: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """Static code f: (B, D) and dynamic codes λ: (B, T, D) → frames (B, T, C, H, W)."""
+        e = self.flow.generate(lam, repeat(f, "b d -> b t d", t=lam.shape[1]))
+        return self.decode_features(e.to(f.dtype))
+
+    def swap(self, x_static: torch.Tensor, x_dynamic: torch.Tensor) -> torch.Tensor:
+        """Frames with the static code of `x_static` and the dynamics of `x_dynamic` (both (B, T, C, H, W))."""
+        return self.decode(self.encode(x_static).f, self.encode(x_dynamic).lam)
+
+    def sample_static(self, n: int) -> torch.Tensor:
+        """n static codes f: (n, D) from the RealNVP prior."""
+        return self.static_prior.sample_like(n, self.mean_net.weight)
+
+    def sample_dynamics(self, n: int, n_frames: int | None = None, mean: bool = False) -> torch.Tensor:
+        """n dynamic trajectories λ: (n, T, D) from the LSTM prior (decode them with any static code)."""
+        return self.dynamic_prior.sample(n, n_frames or self.hparams.n_frames, self.device, mean=mean)

@@ -1,0 +1,30 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+
+@pytest.fixture
+def tiny_model_kwargs() -> dict:
+    """The narrow model of experiments/tiny.yaml."""
+    return dict(n_frames=4, frame_size=32, base_channels=8, latent_dim=16, static_hidden=32, flow_layers=2,
+                flow_hidden=32, prior_layers=2, prior_hidden=32, lstm_hidden=32, lstm_layers=1)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in a temp dir (runs/ lands there) with the repo's experiments reachable."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").symlink_to(EXPERIMENTS)
+    return tmp_path
+
+
+def python() -> str:
+    return sys.executable
