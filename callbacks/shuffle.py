@@ -36,10 +36,14 @@ class ShuffleCallback(Callback):
         return self.every > 0 and step >= self.warmup_steps and (step - self.warmup_steps) % self.every == 0
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if not hasattr(pl_module, "shuffle_mode"):  # e.g. a judge trained through the same CLI
+            return
         pl_module.shuffle = self.is_shuffle_step(trainer.global_step)
         pl_module.shuffle_mode = self.mode
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if not hasattr(pl_module, "shuffle_mode"):
+            return
         self.steps += 1
         self.shuffled += int(pl_module.shuffle)
         # Python numbers: logging them costs no device sync.

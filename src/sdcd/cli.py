@@ -12,8 +12,16 @@ import torch
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from sdcd.callbacks.shuffle import ShuffleCallback
+
 
 class SDCDCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The shuffle schedule is a top-level group (`shuffle:` in YAML, `--shuffle.every=0` on the
+        # command line, `shuffle.every` in sweeps) instead of an entry of trainer.callbacks, whose
+        # list items cannot be overridden reliably from the command line.
+        parser.add_lightning_class_args(ShuffleCallback, "shuffle")
+
     def before_instantiate_classes(self) -> None:
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls: same results to ~1e-3, much faster

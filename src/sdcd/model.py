@@ -171,15 +171,16 @@ class SDCD(LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.loss_terms(batch["x"], shuffle=self.shuffle)
-        loss = terms.pop("loss")
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()})
+        loss, b = terms.pop("loss"), batch["x"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=b)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         terms = self.loss_terms(batch["x"], shuffle=False)
-        self.log("val/sse", terms.pop("sse"), prog_bar=True, sync_dist=True)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
+        b = batch["x"].shape[0]
+        self.log("val/sse", terms.pop("sse"), prog_bar=True, sync_dist=True, batch_size=b)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=b)
 
     def configure_optimizers(self):
         fused = self.hparams.fused_adam and self.device.type == "cuda"

@@ -1,0 +1,76 @@
+"""The real entry point: every experiment YAML fits with fast_dev_run; overrides reach the model."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import EXPERIMENTS, ROOT
+from sdcd.cli import main
+
+EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+# Full-size configs run one CPU step at a small batch so the suite stays fast; the model is the real one.
+SMALL_BATCH = ["--data.batch_size=4", "--data.eval_batch_size=4"]
+
+
+def _needs_small_batch(name: str) -> bool:
+    cfg = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+    return cfg["data"]["init_args"].get("batch_size", 64) > 16
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
+def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
+    args = ["fit", "--config", f"experiments/{name}.yaml", "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu"]
+    if _needs_small_batch(name):
+        args += SMALL_BATCH
+    cli = main(args)
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+
+
+def test_override_reaches_the_model(in_tmp):
+    cli = main(["--config", "experiments/tiny.yaml", "--model.kl_weight=0.5", "--model.flow_weight=3",
+                "--data.batch_size=8"], run=False)
+    assert cli.model.hparams.kl_weight == 0.5 and cli.model.hparams.flow_weight == 3.0
+    assert cli.datamodule.batch_size == 8
+
+
+def test_shuffle_schedule_override(in_tmp):
+    cli = main(["--config", "experiments/tiny.yaml", "--shuffle.every=0", "--shuffle.mode=sequence"], run=False)
+    (shuffle,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "ShuffleCallback"]
+    assert shuffle.every == 0 and shuffle.mode == "sequence"
+
+
+def test_print_config_round_trips(in_tmp):
+    def printed(*args):
+        return subprocess.run([sys.executable, "-m", "sdcd", "fit", *args, "--print_config"], capture_output=True,
+                              text=True, check=True, timeout=120).stdout
+
+    first = printed("--config", "experiments/tiny.yaml", "--model.kl_weight=0.7", "--shuffle.every=3")
+    assert "kl_weight: 0.7" in first and "every: 3" in first
+    (in_tmp / "printed.yaml").write_text(first)
+    assert printed("--config", "printed.yaml") == first
+    cli = main(["fit", "--config", "printed.yaml", "--trainer.fast_dev_run=true"])
+    assert cli.model.hparams.kl_weight == 0.7
+
+
+def test_unknown_override_is_a_clear_error(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", "experiments/tiny.yaml", "--model.not_a_parameter=1"], run=False)
+    assert "not_a_parameter" in capsys.readouterr().err
+
+
+def test_shape_mismatch_between_model_and_data_is_named(in_tmp):
+    with pytest.raises(ValueError, match="model.n_frames=5 does not match the data"):
+        main(["fit", "--config", "experiments/tiny.yaml", "--model.n_frames=5", "--trainer.fast_dev_run=true"])
+
+
+def test_make_train_runs_and_rejects_unknown_experiments():
+    env_args = ["make", "-s", "--no-print-directory", "-C", str(ROOT)]
+    ok = subprocess.run(env_args + ["train", "EXP=tiny", "ARGS=--trainer.fast_dev_run=true"], capture_output=True,
+                        text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    bad = subprocess.run(env_args + ["train", "EXP=no_such_exp"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert "unknown experiment EXP='no_such_exp'" in bad.stderr and "dsprites_cond_shuffle" in bad.stderr
