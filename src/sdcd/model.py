@@ -11,11 +11,13 @@ temporal flow layer sees a detached static code, and the LSTM prior is fitted on
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from einops import rearrange, repeat
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 
 from sdcd.flows import ConditionalFlow, StaticPrior
 from sdcd.networks import (
@@ -64,6 +66,14 @@ class SDCD(LightningModule):
         lr: Adam learning rate (1e-3).
         grad_clip_norm: Gradient-norm clipping, always on (0.5); 0 disables it.
         fused_adam: Use the fused Adam kernel when training on a GPU.
+        judge_path: Judge file used by evaluation (`make judge DATA=…` writes one); None: no judge
+            metrics. Only the path is stored in checkpoints, never the judge's weights.
+        eval_repeats: R, repetitions of the test-time evaluation protocol (fresh random draws each).
+        eval_every_n_epochs: During fit, run the protocol (one repeat) on a fixed validation subset
+            every N epochs; 0 = off.
+        eval_val_sequences: Size of that fixed validation subset (its first N sequences).
+        peers_protocol: At test time also run the C-DSVAE/SPYL/DBSE variant on this factor's head
+            (e.g. "action" on Sprites); None = off.
     """
 
     def __init__(
@@ -89,9 +99,15 @@ class SDCD(LightningModule):
         lr: float = 1e-3,
         grad_clip_norm: float = 0.5,
         fused_adam: bool = True,
+        judge_path: str | None = None,
+        eval_repeats: int = 5,
+        eval_every_n_epochs: int = 0,
+        eval_val_sequences: int = 1024,
+        peers_protocol: str | None = None,
     ):
         super().__init__()
-        for name, value in [("n_frames", n_frames - 1), ("latent_dim", latent_dim), ("lr", lr)]:
+        for name, value in [("n_frames", n_frames - 1), ("latent_dim", latent_dim), ("lr", lr),
+                            ("eval_repeats", eval_repeats), ("eval_val_sequences", eval_val_sequences)]:
             if value <= 0:
                 raise ValueError(f"model.{name} must be positive (n_frames ≥ 2), got {locals()[name]}")
         for name, value in [("kl_weight", kl_weight), ("flow_weight", flow_weight), ("grad_clip_norm", grad_clip_norm),
@@ -112,13 +128,15 @@ class SDCD(LightningModule):
         self.shuffle: bool = True
         self.shuffle_mode: str = "batch"
         self.shuffle_generator: torch.Generator | None = None  # per-rank stream for "sequence" mode
+        self.judge = None  # loaded at setup from judge_path; deliberately not a submodule
+        self.eval_results: dict[str, dict[str, float]] = {}
 
     # ---------------------------------------------------------------- building blocks
-    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
+    def frame_features(self, x: torch.Tensor, noise: bool = True) -> torch.Tensor:
         """x: (B, T, C, H, W) → features e: (B, T, D) = frame mean + feature_noise·N(0, I)."""
         b = x.shape[0]
         mean = self.mean_net(self.encoder(rearrange(x, "b t c h w -> (b t) c h w")))
-        e = mean + self.hparams.feature_noise * torch.randn_like(mean)
+        e = mean + self.hparams.feature_noise * torch.randn_like(mean) if noise else mean
         return rearrange(e, "(b t) d -> b t d", b=b)
 
     def decode_features(self, e: torch.Tensor) -> torch.Tensor:
@@ -176,6 +194,54 @@ class SDCD(LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=b)
         return loss
 
+    def _evaluate(self, split: str, repeats: int, max_sequences: int | None, progress: bool) -> dict:
+        from sdcd.evaluation import evaluate
+
+        self.judge.to(self.device)
+        return evaluate(self, self.trainer.datamodule, self.judge, split=split, repeats=repeats,
+                        max_sequences=max_sequences, seed=self.current_epoch, rank=self.global_rank,
+                        world_size=self.trainer.world_size, progress=progress)
+
+    def on_validation_epoch_end(self) -> None:
+        n = self.hparams.eval_every_n_epochs
+        if self.judge is None or not n or self.trainer.sanity_checking or (self.current_epoch + 1) % n:
+            return
+        results = self._evaluate("val", 1, self.hparams.eval_val_sequences, progress=False)
+        self.log_dict({f"val/eval/{k}": v["mean"] for k, v in results.items()}, rank_zero_only=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        terms = self.loss_terms(batch["x"], shuffle=False)
+        self.log_dict({f"test/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=batch["x"].shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        if self.judge is None:
+            return
+        from sdcd.evaluation import markdown_table, peers_protocol, write_results
+
+        hp, t = self.hparams, self.trainer
+        limit = None if t.limit_test_batches == 1.0 else t.num_test_batches[0] * t.datamodule.eval_batch_size
+        results = self._evaluate("test", hp.eval_repeats, limit, progress=t.is_global_zero)
+        if hp.peers_protocol and t.is_global_zero:
+            results.update(peers_protocol(self, t.datamodule, self.judge, hp.peers_protocol, hp.eval_repeats,
+                                          progress=True))
+        self.eval_results = results
+        self.log_dict({f"eval/{k}": v["mean"] for k, v in results.items()}, rank_zero_only=True)
+        self.log_dict({f"eval/{k}_std": v["std"] for k, v in results.items()}, rank_zero_only=True)
+        if t.is_global_zero:
+            run_dir = self.results_dir()
+            meta = {"checkpoint": str(t.ckpt_path or ""), "experiment": run_dir.parent.name, "split": "test",
+                    "repeats": hp.eval_repeats, "judge": str(hp.judge_path), "sequences_per_repeat": limit}
+            paths = write_results(run_dir, results, t.datamodule.factors, meta)
+            rank_zero_info(markdown_table(results) + f"\nsdcd: wrote {paths[0]} and {paths[1]}")
+
+    def results_dir(self) -> Path:
+        """Where evaluation writes: the evaluated checkpoint's run directory, else this run's."""
+        ckpt = self.trainer.ckpt_path
+        if ckpt and Path(ckpt).exists():
+            p = Path(ckpt).resolve().parent
+            return p.parent if p.name == "checkpoints" else p
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         terms = self.loss_terms(batch["x"], shuffle=False)
         b = batch["x"].shape[0]
@@ -206,13 +272,27 @@ class SDCD(LightningModule):
                     f"model.{key}={mine} does not match the data ({type(dm).__name__}.{name}={theirs}); "
                     f"set --model.{key}={theirs} or change the data config"
                 )
+        wants_judge = stage == "test" or (stage == "fit" and hp.eval_every_n_epochs > 0)
+        if wants_judge and self.judge is None and getattr(dm, "factors", ()):
+            if hp.judge_path is None:
+                if stage == "fit":
+                    raise ValueError("model.eval_every_n_epochs > 0 needs model.judge_path (a judge file for this data)")
+                rank_zero_info("sdcd: no model.judge_path set: test reports reconstruction only, no judge metrics")
+                return
+            from sdcd.judge import load_judge  # checks the judge was trained on this data config
+
+            # a plain attribute, not a submodule: out of state_dict, parameters() and the optimiser
+            object.__setattr__(self, "judge", load_judge(hp.judge_path, dm, map_location="cpu"))
 
     # ---------------------------------------------------------------- public API (evaluation, pictures)
-    def encode(self, x: torch.Tensor) -> Codes:
-        """x: (B, T, C, H, W) → Codes (aggregated static code, dynamic codes given it, features)."""
-        e = self.frame_features(x)
+    def encode(self, x: torch.Tensor, mean: bool = False) -> Codes:
+        """x: (B, T, C, H, W) → Codes (aggregated static code, dynamic codes given it, features).
+
+        As in the official code the features carry their unit noise and f is a sample of q(f|x), also
+        at test time; `mean=True` uses the noise-free features and the posterior mean instead."""
+        e = self.frame_features(x, noise=not mean)
         _, mu, var = self.static_posterior(e)
-        f = mu + var.sqrt() * torch.randn_like(mu)
+        f = mu if mean else mu + var.sqrt() * torch.randn_like(mu)
         lam, _ = self.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=x.shape[1]))
         return Codes(f=f, f_mean=mu, lam=lam, features=e)
 

@@ -1,0 +1,169 @@
+"""The evaluation protocol, checked with an oracle model and judge whose answers are known exactly."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sdcd.data_modules.base import Factor, IndexedDataModule
+from sdcd.evaluation import derangement, evaluate, peers_protocol, write_results
+
+FACTORS = (Factor("colour", 4, True), Factor("shape", 3, True), Factor("pos", 5, False, ordinal=True))
+T = 3
+
+
+class Coded(IndexedDataModule):
+    """Videos whose pixels spell their labels: x[:, t, 0, 0, i] = label_i / 10."""
+
+    factors = FACTORS
+
+    def __init__(self, n=37, **kw):
+        super().__init__(**kw)
+        g = torch.Generator().manual_seed(0)
+        statics = torch.stack([torch.randint(0, f.n_classes, (n,), generator=g) for f in FACTORS[:2]], 1)
+        pos = torch.randint(0, 5, (n, T), generator=g)
+        self.labels = torch.cat([statics[:, None].expand(n, T, 2), pos[..., None]], 2)  # (n, T, 3)
+        self.n = n
+
+    def _build(self, split):
+        return self.n
+
+    def materialize(self, split, index):
+        labels = self.labels.to(index.device)[index]
+        x = torch.zeros(len(index), T, 1, 4, 4, device=index.device)
+        x[:, :, 0, 0, :3] = labels.float() / 10
+        out = {"x": x, "labels": labels}
+        if split == "test":  # paired twins: the same video (an oracle reproduces it exactly)
+            out.update(x_same_static=x, x_same_dyn=x)
+        return out
+
+
+class OracleJudge(nn.Module):
+    """Reads the labels back from the pixels as confident logits."""
+
+    factors = FACTORS
+    sequence_level = (True, True, False)
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def check_input(self, x):
+        assert x.ndim == 5
+
+    def forward(self, x):
+        code = (x[:, :, 0, 0, :3] * 10).round().long()  # (B, T, 3)
+        return [nn.functional.one_hot(code[:, 0, 0], 4).float() * 50, nn.functional.one_hot(code[:, 0, 1], 3).float() * 50,
+                nn.functional.one_hot(code[:, :, 2], 5).float() * 50]
+
+
+class OracleModel(nn.Module):
+    """f = the static labels, λ = the dynamic label track; decode writes them back (a perfect model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def encode(self, x, mean=False):
+        from sdcd.model import Codes
+
+        code = x[:, :, 0, 0, :3]
+        return Codes(f=code[:, 0, :2], f_mean=code[:, 0, :2], lam=code[:, :, 2:], features=code)
+
+    def decode(self, f, lam):
+        x = torch.zeros(f.shape[0], lam.shape[1], 1, 4, 4)
+        x[:, :, 0, 0, :2] = f[:, None]
+        x[:, :, 0, 0, 2:3] = lam
+        return x
+
+    def sample_static(self, n):
+        return torch.randint(0, 3, (n, 2)).float() / 10
+
+    def sample_dynamics(self, n, n_frames=None, mean=False):
+        return torch.randint(0, 5, (n, n_frames, 1)).float() / 10
+
+
+def test_derangement_has_no_fixed_points():
+    for n in [2, 3, 7, 64]:
+        for _ in range(20):
+            p = derangement(n, "cpu")
+            assert sorted(p.tolist()) == list(range(n)) and torch.all(p != torch.arange(n))
+
+
+def test_perfect_model_scores_100_on_swap_and_paired():
+    dm = Coded(batch_size=8)
+    res = evaluate(OracleModel(), dm, OracleJudge(), split="test", repeats=3)
+    for k in ["swap/acc/static", "swap/acc/dynamic", "paired/acc/static", "paired/acc/dynamic",
+              "sample_dynamics/acc/static", "sample_static/acc/dynamic"]:
+        assert res[k]["mean"] == pytest.approx(1.0) and res[k]["std"] == pytest.approx(0.0), k
+    assert res["swap/acc/static_plus_dynamic"]["mean"] == pytest.approx(2.0)
+    assert res["swap/n/sequences"]["mean"] == 37  # every sequence once, the uneven last batch included
+    # resampled codes: the resampled factors are no longer those of A (about chance)
+    assert res["sample_dynamics/acc/dynamic"]["mean"] < 0.5
+    assert res["sample_static/acc/static"]["mean"] < 0.6
+    # IS over the resampled heads: near the number of classes drawn from (3 of 4 colours, 5 positions)
+    assert 2.0 < res["sample_static/is/colour"]["mean"] <= 3.0 + 1e-6
+    assert 3.5 < res["sample_dynamics/is/pos"]["mean"] <= 5.0 + 1e-6
+
+
+def test_swap_targets_come_from_the_right_source():
+    """A model whose decoder takes the statics from the *dynamics* source fails the static swap score."""
+    dm = Coded(batch_size=8)
+    statics_of = {}  # dynamic track -> that sequence's static code
+    for i in range(dm.n):
+        c = OracleModel().encode(dm.batch("test", [i])["x"])
+        statics_of[tuple(c.lam[0].flatten().tolist())] = c.f[0]
+
+    class Leaky(OracleModel):
+        def decode(self, f, lam):
+            return super().decode(torch.stack([statics_of[tuple(row.flatten().tolist())] for row in lam]), lam)
+
+    res = evaluate(Leaky(), dm, OracleJudge(), split="test", repeats=2, tests=("swap",))
+    assert res["swap/acc/dynamic"]["mean"] == pytest.approx(1.0)
+    assert res["swap/acc/static"]["mean"] < 0.6  # judged against A, but the statics came from B
+
+
+def test_evaluation_is_independent_of_batching_and_sharding():
+    dm = Coded(batch_size=5)
+    full = evaluate(OracleModel(), dm, OracleJudge(), split="test", repeats=1, tests=("swap", "paired"))
+    small = evaluate(OracleModel(), dm, OracleJudge(), split="test", repeats=1, tests=("swap", "paired"), batch_size=3)
+    for k in ["swap/acc/static", "paired/acc/dynamic", "swap/n/sequences"]:
+        assert full[k]["mean"] == small[k]["mean"]
+
+
+def test_max_sequences_and_missing_twins():
+    dm = Coded(batch_size=8)
+    res = evaluate(OracleModel(), dm, OracleJudge(), split="val", repeats=1, max_sequences=10)
+    assert res["swap/n/sequences"]["mean"] == 10
+    assert not any(k.startswith("paired/") for k in res)  # val has no twins
+
+
+def test_bad_arguments():
+    dm = Coded()
+    with pytest.raises(ValueError, match="repeats"):
+        evaluate(OracleModel(), dm, OracleJudge(), repeats=0)
+    with pytest.raises(ValueError, match="unknown evaluation tests"):
+        evaluate(OracleModel(), dm, OracleJudge(), tests=("swop",))
+
+
+def test_peers_protocol_balances_classes_and_drops_last():
+    dm = Coded(n=200, batch_size=8)
+    res = peers_protocol(OracleModel(), dm, OracleJudge(), factor="colour", repeats=2, batch_size=16)
+    counts = torch.bincount(dm.labels[:, 0, 0], minlength=4)
+    expected = (4 * int(counts.min()) // 16) * 16
+    assert res["peers/n_sequences"]["mean"] == expected
+    assert 0.0 <= res["peers/acc/colour"]["mean"] <= 1.0
+    with pytest.raises(ValueError, match="not in the data's factors"):
+        peers_protocol(OracleModel(), dm, OracleJudge(), factor="action")
+
+
+def test_write_results(tmp_path):
+    dm = Coded()
+    res = evaluate(OracleModel(), dm, OracleJudge(), split="test", repeats=2)
+    j, md = write_results(tmp_path / "run", res, FACTORS, {"experiment": "x", "checkpoint": "c.ckpt", "repeats": 2})
+    data = json.loads(j.read_text())
+    assert data["metrics"]["swap/acc/static"]["mean"] == 1.0 and data["repeats"] == 2
+    text = md.read_text()
+    assert "| swap | acc/static | 100.00% |" in text and "| colour | static |" in text
+    assert not list((tmp_path / "run").glob(".*"))  # no temp files left
