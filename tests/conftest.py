@@ -11,6 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Built datasets (the Sprites cache) go to one temp folder per test session, not ~/.cache."""
+    sheets = ROOT.parent / "shared" / "data" / "lpc-sprites"  # the development layout, ../shared beside the repo
+    if "SDCD_SPRITES_DIR" not in os.environ and sheets.is_dir():
+        os.environ["SDCD_SPRITES_DIR"] = str(sheets)
+    if "SDCD_CACHE_DIR" not in os.environ:
+        os.environ["SDCD_CACHE_DIR"] = str(tmp_path_factory.mktemp("sdcd-cache"))
+    yield
+
+
 @pytest.fixture
 def tiny_model_kwargs() -> dict:
     """The narrow model of experiments/tiny.yaml."""
