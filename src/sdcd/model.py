@@ -11,6 +11,7 @@ temporal flow layer sees a detached static code, and the LSTM prior is fitted on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +31,11 @@ from sdcd.networks import (
 )
 
 SHUFFLE_MODES = ("batch", "sequence")
+GUARDED_TERMS = ("sse", "kl", "nll_flow", "nll_prior")  # the optimised loss terms
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `nonfinite_patience` consecutive non-finite training steps."""
 
 
 class Codes(NamedTuple):
@@ -65,7 +71,10 @@ class SDCD(LightningModule):
         variance_floor: Floor on the aggregated static variance (1e-6).
         lr: Adam learning rate (1e-3).
         grad_clip_norm: Gradient-norm clipping, always on (0.5); 0 disables it.
-        fused_adam: Use the fused Adam kernel when training on a GPU.
+        nonfinite_patience: K. A step whose loss or gradient is not finite is skipped on the device
+            (the fused Adam kernel's found_inf flag: no host sync) and counted; training stops with an
+            error naming the bad loss term after K consecutive bad steps (checked every K steps).
+            0 disables the stop (bad steps are still skipped).
         judge_path: Judge file used by evaluation (`make judge DATA=…` writes one); None: no judge
             metrics. Only the path is stored in checkpoints, never the judge's weights.
         eval_repeats: R, repetitions of the test-time evaluation protocol (fresh random draws each).
@@ -98,7 +107,7 @@ class SDCD(LightningModule):
         variance_floor: float = 1e-6,
         lr: float = 1e-3,
         grad_clip_norm: float = 0.5,
-        fused_adam: bool = True,
+        nonfinite_patience: int = 10,
         judge_path: str | None = None,
         eval_repeats: int = 5,
         eval_every_n_epochs: int = 0,
@@ -128,6 +137,7 @@ class SDCD(LightningModule):
         self.shuffle: bool = True
         self.shuffle_mode: str = "batch"
         self.shuffle_generator: torch.Generator | None = None  # per-rank stream for "sequence" mode
+        self._guard: dict[str, torch.Tensor] = {}  # non-finite step bookkeeping, on the device
         self.judge = None  # loaded at setup from judge_path; deliberately not a submodule
         self.eval_results: dict[str, dict[str, float]] = {}
 
@@ -157,7 +167,8 @@ class SDCD(LightningModule):
         b, t, _ = f_t.shape
         if self.shuffle_mode == "batch":  # one permutation for the whole batch (the paper)
             return f_t[:, torch.randperm(t, device=f_t.device)]
-        keys = torch.rand(b, t, device=f_t.device, generator=self.shuffle_generator)
+        gen = self.shuffle_generator if self.shuffle_generator is not None and self.shuffle_generator.device == f_t.device else None
+        keys = torch.rand(b, t, device=f_t.device, generator=gen)
         perm = keys.argsort(dim=1)  # one permutation per sequence
         return torch.gather(f_t, 1, repeat(perm, "b t -> b t d", d=f_t.shape[-1]))
 
@@ -190,6 +201,8 @@ class SDCD(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.loss_terms(batch["x"], shuffle=self.shuffle)
         loss, b = terms.pop("loss"), batch["x"].shape[0]
+        # which optimised terms are non-finite: (len(GUARDED_TERMS),) bool, read by the guard below
+        self._guard["bad_terms"] = torch.stack([~torch.isfinite(terms[k].detach()) for k in GUARDED_TERMS])
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=b)
         return loss
@@ -249,14 +262,52 @@ class SDCD(LightningModule):
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=b)
 
     def configure_optimizers(self):
-        fused = self.hparams.fused_adam and self.device.type == "cuda"
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=fused or None)
+        # fused: one kernel per step, and its found_inf input lets the guard skip a step without a sync
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # The recipe's clipping is a model hyperparameter; an explicit Trainer setting still wins.
         val = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip_norm
-        if val:
-            self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"SDCD clips gradients by norm; trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}")
+        params = [p for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=val or float("inf"), foreach=True)
+        self._skip_if_nonfinite(optimizer, norm)
+
+    def _skip_if_nonfinite(self, optimizer, grad_norm: torch.Tensor) -> None:
+        """Numerical guard: a non-finite loss or gradient never reaches the weights (no host sync)."""
+        g = self._guard
+        bad_terms = g.get("bad_terms", torch.zeros(len(GUARDED_TERMS), dtype=torch.bool, device=grad_norm.device))
+        bad = bad_terms.any() | ~torch.isfinite(grad_norm)
+        optimizer.found_inf, optimizer.grad_scale = bad.float(), None  # fused Adam skips the whole update
+        zero = torch.zeros((), device=grad_norm.device)
+        g["skipped"] = g.get("skipped", zero) + bad
+        streak = g.get("streak", zero)
+        g["streak_start"] = torch.where(bad & (streak == 0), float(self.global_step), g.get("streak_start", zero))
+        g["streak"] = (streak + 1) * bad
+        # what went bad first in this streak: the loss terms, or (all False) only the gradient
+        g["culprit"] = torch.where(bad & (streak == 0), bad_terms, g.get("culprit", bad_terms))
+        self.log("train/skipped_steps", g["skipped"], on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        k = self.hparams.nonfinite_patience
+        if not k or "streak" not in self._guard or self.global_step % k:
+            return
+        if int(self._guard["streak"]) >= k:  # one host sync every k steps, never inside the step
+            g = self._guard
+            names = [name for name, b in zip(GUARDED_TERMS, g["culprit"].tolist()) if b]
+            what = f"non-finite loss term(s) {', '.join(names)}" if names else "a non-finite gradient (finite loss terms)"
+            raise NonFiniteLossError(
+                f"{int(g['streak'])} consecutive training steps had a non-finite loss or gradient (none of them "
+                f"changed the weights); it started at step {int(g['streak_start'])} with {what}. "
+                f"{int(g['skipped'])} steps were skipped in total. Lower model.lr or model.flow_weight, or raise "
+                f"model.nonfinite_patience to let training try to recover."
+            )
+
+    def on_fit_start(self) -> None:
+        # per-rank stream for the "sequence" shuffle mode: reproducible from (seed, rank), different per rank
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.shuffle_generator = torch.Generator(device=self.device).manual_seed(seed * 1000 + self.global_rank)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
