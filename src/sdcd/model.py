@@ -232,7 +232,8 @@ class SDCD(LightningModule):
         from sdcd.evaluation import markdown_table, peers_protocol, write_results
 
         hp, t = self.hparams, self.trainer
-        limit = None if t.limit_test_batches == 1.0 else t.num_test_batches[0] * t.datamodule.eval_batch_size
+        # honour --trainer.limit_test_batches / fast_dev_run: score as many sequences as the loop saw
+        limit = t.num_test_batches[0] * t.datamodule.eval_batch_size * t.world_size
         results = self._evaluate("test", hp.eval_repeats, limit, progress=t.is_global_zero)
         if hp.peers_protocol and t.is_global_zero:
             results.update(peers_protocol(self, t.datamodule, self.judge, hp.peers_protocol, hp.eval_repeats,
