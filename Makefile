@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-.PHONY: help install train print-config test test-full lint clean check-exp
+DATA ?= dsprites
+SWEEP ?= shuffle_frequency
+CKPT ?=
+RUNS ?=
+ID ?=
+
+.PHONY: help install train print-config judge eval report sweep agent sweep-local test test-full lint clean \
+	check-exp bench-dsprites bench-sprites bench-video
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +38,42 @@ train: $(STAMP) check-exp ## Train: make train EXP=<name> ARGS="--trainer.max_ep
 
 print-config: $(STAMP) check-exp ## Print the resolved config: make print-config EXP=<name> ARGS="…"
 	$(PY) -m sdcd fit --config experiments/$(EXP).yaml $(ARGS) --print_config
+
+judge: $(STAMP) ## Train a judge: make judge DATA=dsprites|sprites (prints its per-head test accuracy)
+	@test -f experiments/judge_$(DATA).yaml || { echo "make: unknown judge DATA='$(DATA)': no file experiments/judge_$(DATA).yaml. Expected one of: $$(ls experiments/judge_*.yaml | xargs -n1 basename | sed 's/^judge_//; s/\.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }
+	$(PY) -m sdcd fit --config experiments/judge_$(DATA).yaml $(ARGS)
+
+eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=runs/<exp>/<run>/checkpoints/last.ckpt [EXP=<name>]
+	@test -n "$(CKPT)" || { echo "make: eval needs CKPT=<path to a .ckpt file>" >&2; exit 2; }
+	@test -f "$(CKPT)" || { echo "make: CKPT='$(CKPT)' does not exist (expected a checkpoint file, e.g. runs/<exp>/<run>/checkpoints/last.ckpt)" >&2; exit 2; }
+	@cfg="experiments/$(EXP).yaml"; run_cfg="$$(dirname "$(CKPT)")/../config.yaml"; \
+	if [ "$(origin EXP)" != "command line" ] && [ -f "$$run_cfg" ]; then cfg="$$run_cfg"; fi; \
+	test -f "$$cfg" || { echo "make: no config for this checkpoint: pass EXP=<name> (experiments/<name>.yaml)" >&2; exit 2; }; \
+	echo "$(PY) -m sdcd test --config $$cfg --ckpt_path $(CKPT) $(ARGS)"; \
+	$(PY) -m sdcd test --config "$$cfg" --ckpt_path "$(CKPT)" $(ARGS)
+
+report: $(STAMP) ## Compare runs in one Markdown table: make report RUNS="runs/a/<run> runs/b/<run>"
+	@test -n "$(RUNS)" || { echo "make: report needs RUNS=\"<run dir or metrics.json> ...\"" >&2; exit 2; }
+	$(PY) -m sdcd.report $(RUNS) $(ARGS)
+
+sweep: $(STAMP) ## Create a W&B sweep (needs a W&B account): make sweep SWEEP=shuffle_frequency
+	$(VENV)/bin/wandb sweep experiments/sweeps/$(SWEEP).yaml
+
+agent: $(STAMP) ## Run a W&B sweep agent on this machine: make agent ID=<entity/project/sweep id>
+	@test -n "$(ID)" || { echo "make: agent needs ID=<sweep id printed by make sweep>" >&2; exit 2; }
+	$(VENV)/bin/wandb agent $(ID)
+
+sweep-local: $(STAMP) ## Run a sweep's grid here, no W&B server: make sweep-local SWEEP=shuffle_frequency [ARGS=…]
+	$(PY) -m sdcd.sweeps local experiments/sweeps/$(SWEEP).yaml -- $(ARGS)
+
+bench-dsprites: $(STAMP) ## Moving dSprites render throughput
+	$(PY) bench/dsprites_render.py $(ARGS)
+
+bench-sprites: $(STAMP) ## Sprites build time, cache load, batch throughput
+	$(PY) bench/sprites_data.py $(ARGS)
+
+bench-video: $(STAMP) ## Video decode throughput of the streaming DataModule (clips/s)
+	$(PY) bench/video_decode.py $(ARGS)
 
 test: $(STAMP) ## Run the fast test suite (CPU, minutes)
 	WANDB_MODE=disabled $(PY) -m pytest -q

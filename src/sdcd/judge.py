@@ -1,0 +1,561 @@
+"""Judge classifiers: supervised per-factor classifiers that score generated videos.
+
+One architecture for every dataset, built from the data module's `factors` (the design of the Sprites
+judge `classifier_Sprite_all` used by C-DSVAE/SPYL/DBSE, generalised):
+
+    frames --DCGAN conv encoder--> (B, T, 128) --BiLSTM(256)--> per-frame (B, T, 512)
+                                                           \\-> sequence (B, 512) = [fwd at T-1, bwd at 0]
+    sequence heads (static factors, and dynamic ones listed in `sequence_level_factors`): (B, K)
+    frame heads (other dynamic factors): (B, T, K)
+
+Every head classifies (cross-entropy), so every factor has an accuracy; `sdcd.metrics` derives R²
+for ordinal factors from the softmax expectation.
+
+A judge file (`save_judge`) records the weights, the architecture, the factor list, the config of the
+data it was trained on (`data_signature`) and its scores on the real test split. `load_judge` refuses
+a judge trained on other data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from sdcd.data_modules.base import Factor
+from sdcd.metrics import FactorScores, distributed_valid_mask
+
+JUDGE_FORMAT = "sdcd-judge"
+JUDGE_FORMAT_VERSION = 1
+
+# Data module init args that change how batches are served, not what the data are.
+_NON_DATA_KEYS = frozenset(
+    {
+        "batch_size",
+        "eval_batch_size",
+        "drop_last",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "device",
+        "render_device",
+        "data_dir",
+        "root",
+        "cache_dir",
+        "download",
+    }
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------------------
+class FrameEncoder(nn.Module):
+    """DCGAN frame encoder: stride-2 4×4 conv blocks down to 4×4, then a 4×4 valid conv to `embed_dim`.
+
+    Args:
+        frame_size: side of the square input frames; a power of two, at least 8.
+        in_channels: input channels.
+        base_channels: width of the first block; block i has `base_channels * 2**i` channels.
+        embed_dim: output features per frame.
+    """
+
+    def __init__(
+        self, frame_size: int = 64, in_channels: int = 3, base_channels: int = 64, embed_dim: int = 128
+    ):
+        super().__init__()
+        n_blocks = round(math.log2(frame_size)) - 2 if frame_size > 0 else 0
+        if frame_size < 8 or 2 ** (n_blocks + 2) != frame_size:
+            raise ValueError(f"judge frame_size must be a power of two >= 8, got {frame_size}")
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i in range(n_blocks):
+            c_out = base_channels * 2**i
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+            c_in = c_out
+        # after the blocks the map is 4×4; a valid 4×4 conv makes it 1×1
+        layers += [nn.Conv2d(c_in, embed_dim, 4, 1, 0), nn.BatchNorm2d(embed_dim), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (N, C, H, W) -> (N, embed_dim)
+        return self.net(x).flatten(1)
+
+
+def _head(in_dim: int, hidden: int, n_classes: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+
+def _as_factor(f: Factor | dict) -> Factor:
+    return f if isinstance(f, Factor) else Factor(**f)
+
+
+class Judge(nn.Module):
+    """Per-factor video classifier: conv frame encoder, BiLSTM over frames, one MLP head per factor.
+
+    Static factors, and dynamic factors named in `sequence_level_factors` (constant over a sequence
+    by construction, e.g. the Sprites action), are classified once per sequence from the 512-d
+    sequence vector; the other dynamic factors once per frame from the BiLSTM output. Their targets
+    are the first frame's label (sequence heads) or each frame's label (frame heads).
+
+    Args:
+        factors: the data module's factors, in label order.
+        frame_size: side of the square frames.
+        in_channels: frame channels.
+        base_channels: width of the first conv block (64 in the reference judges).
+        embed_dim: frame embedding size fed to the LSTM (128).
+        hidden_size: LSTM hidden size per direction (256).
+        head_hidden: hidden width of each head's MLP (256).
+        sequence_level_factors: dynamic factors to classify per sequence instead of per frame.
+    """
+
+    def __init__(
+        self,
+        factors: Sequence[Factor | dict],
+        frame_size: int = 64,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        embed_dim: int = 128,
+        hidden_size: int = 256,
+        head_hidden: int = 256,
+        sequence_level_factors: Sequence[str] = (),
+    ):
+        super().__init__()
+        self.factors = tuple(_as_factor(f) for f in factors)
+        if not self.factors:
+            raise ValueError("Judge needs at least one factor; the data module's `factors` is empty")
+        names = [f.name for f in self.factors]
+        unknown = sorted(set(sequence_level_factors) - set(names))
+        if unknown:
+            raise ValueError(
+                f"judge sequence_level_factors {unknown} are not factors of the data; "
+                f"expected some of {names}"
+            )
+        self.config = {
+            "frame_size": frame_size,
+            "in_channels": in_channels,
+            "base_channels": base_channels,
+            "embed_dim": embed_dim,
+            "hidden_size": hidden_size,
+            "head_hidden": head_hidden,
+            "sequence_level_factors": list(sequence_level_factors),
+        }
+        self.sequence_level = tuple(f.static or f.name in sequence_level_factors for f in self.factors)
+        self.encoder = FrameEncoder(frame_size, in_channels, base_channels, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=1, batch_first=True, bidirectional=True)
+        self.heads = nn.ModuleList(_head(2 * hidden_size, head_hidden, f.n_classes) for f in self.factors)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        c, s = self.config["in_channels"], self.config["frame_size"]
+        return (c, s, s)
+
+    def arch(self) -> dict[str, Any]:
+        """Everything `Judge(**arch)` needs, as plain Python values (for the judge file)."""
+        return {"factors": [dataclasses.asdict(f) for f in self.factors], **self.config}
+
+    def check_input(self, x: Tensor) -> None:
+        if x.ndim != 5 or tuple(x.shape[2:]) != self.frame_shape:
+            raise ValueError(
+                f"judge input must be (B, T, {', '.join(map(str, self.frame_shape))}) frames, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """Logits per factor, in factor order: (B, K) for sequence heads, (B, T, K) for frame heads."""
+        self.check_input(x)
+        b, t = x.shape[:2]
+        h = self.encoder(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, E)
+        out, _ = self.lstm(h)  # (B, T, 2H)
+        hs = self.lstm.hidden_size
+        seq = torch.cat([out[:, -1, :hs], out[:, 0, hs:]], dim=-1)  # (B, 2H)
+        return [head(seq if s else out) for head, s in zip(self.heads, self.sequence_level, strict=True)]
+
+
+def judge_targets(judge: Judge, labels: Tensor) -> list[Tensor]:
+    """Per-factor targets matching `judge(x)`: labels (B, T, F) -> (B,) or (B, T) per factor."""
+    return [labels[:, 0, i] if s else labels[:, :, i] for i, s in enumerate(judge.sequence_level)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dataset record, save / load
+# ---------------------------------------------------------------------------------------------------
+def _plain(v: Any) -> Any:
+    """A JSON-like copy of a config value (tuples -> lists, paths -> str) for the judge record."""
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(u) for k, u in v.items()}
+    return str(v)
+
+
+def data_signature(datamodule: Any) -> dict[str, Any]:
+    """The data-defining config of `datamodule`, recorded in a judge file and checked by `load_judge`.
+
+    It is the data module's class plus its init args (`hparams`, or the `__init__` parameters read
+    back as attributes), minus those that only change how data are served (batch sizes, workers,
+    `*_dir` folders; a `*_path` file is recorded by its name), plus the factor list and the size of
+    every split (this builds the splits). A data module may define its own `data_signature()` to
+    replace the init-arg part.
+    """
+    cls = type(datamodule)
+    sig: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+    own = getattr(datamodule, "data_signature", None)
+    if callable(own):
+        sig.update(own())
+    else:
+        hp = dict(getattr(datamodule, "hparams", {}) or {})
+        if not hp:
+            for name in inspect.signature(cls.__init__).parameters:
+                if name != "self" and hasattr(datamodule, name):
+                    hp[name] = getattr(datamodule, name)
+        for k, v in hp.items():
+            if k in _NON_DATA_KEYS or k.startswith("_") or k.endswith("_dir"):
+                continue  # serving options and folders: where data live, not what they are
+            # a file that selects the data source (e.g. dSprites npz_path): its name, not its location
+            sig[k] = Path(v).name if k.endswith("_path") and v is not None else v
+    sig["factors"] = [dataclasses.asdict(f) for f in getattr(datamodule, "factors", ())]
+    if callable(getattr(datamodule, "split_size", None)):  # the sizes as built, whatever the arg names
+        sig["split_sizes"] = {s: int(datamodule.split_size(s)) for s in getattr(datamodule, "splits", ())}
+    return _plain(sig)
+
+
+def _dataset_name(datamodule: Any) -> str:
+    # MovingDSpritesDataModule -> dsprites, SpritesDataModule -> sprites (the `make judge DATA=` names)
+    name = type(datamodule).__name__.lower().removesuffix("datamodule").removeprefix("moving")
+    return name or "<dataset>"
+
+
+def save_judge(
+    judge: Judge, path: str | os.PathLike, data: dict[str, Any], test_scores: dict[str, float] | None = None
+) -> Path:
+    """Write a judge file atomically (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format": JUDGE_FORMAT,
+        "version": JUDGE_FORMAT_VERSION,
+        "arch": judge.arch(),
+        "state_dict": {k: v.detach().cpu() for k, v in judge.state_dict().items()},
+        "data": data,
+        "test_scores": dict(test_scores or {}),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a judge file is an ordinary artefact
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(record, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_judge_record(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw judge file contents (weights, arch, data record, test scores), validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no judge file at '{path}'")
+    try:
+        record = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"'{path}' is not a readable judge file ({type(err).__name__}: {err})") from err
+    if not isinstance(record, dict) or record.get("format") != JUDGE_FORMAT:
+        raise ValueError(f"'{path}' is not an sdcd judge file (expected a dict with format='{JUDGE_FORMAT}')")
+    if record.get("version") != JUDGE_FORMAT_VERSION:
+        raise ValueError(
+            f"judge file '{path}' has format version {record.get('version')}, expected {JUDGE_FORMAT_VERSION}"
+        )
+    return record
+
+
+def load_judge(
+    path: str | os.PathLike,
+    datamodule: Any | None,
+    ignore: Iterable[str] = (),
+    map_location: str | torch.device = "cpu",
+) -> Judge:
+    """Load a frozen-ready judge (eval mode) and check it was trained on `datamodule`'s data.
+
+    Args:
+        path: judge file written by `save_judge` (e.g. by `make judge DATA=dsprites`).
+        datamodule: the data the judge will score; its `data_signature` must equal the recorded one
+            except for the keys in `ignore`. None skips the check.
+        ignore: signature keys allowed to differ (e.g. "n_train" to reuse a judge on a smaller run).
+        map_location: where to load the weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        hint = _dataset_name(datamodule) if datamodule is not None else "<dataset>"
+        raise FileNotFoundError(
+            f"no judge file at '{path}'. Train one with `make judge DATA={hint}` "
+            f"(it writes the judge_path set in experiments/judge_{hint}.yaml)."
+        )
+    record = read_judge_record(path, map_location)
+    if datamodule is not None:
+        want, have, skip = data_signature(datamodule), record["data"], set(ignore)
+        diff = sorted(k for k in set(want) | set(have) if k not in skip and want.get(k) != have.get(k))
+        if diff:
+            lines = "\n".join(
+                f"  {k}: judge has {have.get(k, '<missing>')!r}, data has {want.get(k, '<missing>')!r}"
+                for k in diff
+            )
+            raise ValueError(
+                f"judge '{path}' was trained on a different dataset config; differing keys {diff}:\n{lines}\n"
+                f"Train a judge for this data (`make judge DATA={_dataset_name(datamodule)}` with matching "
+                f"data settings) or pass ignore={diff} if the difference is harmless."
+            )
+    judge = Judge(**record["arch"])
+    judge.load_state_dict(record["state_dict"])
+    return judge.to(map_location).eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Supervised training
+# ---------------------------------------------------------------------------------------------------
+class JudgeModule(LightningModule):
+    """Trains a `Judge` on ground-truth labels (sum of per-head cross-entropies, Adam).
+
+    The factor list comes from the data module at `setup()`; the frame size and channels from one
+    materialised sample. At the end of `fit` it scores the judge on the real test split (all of it,
+    sharded over ranks without padding), prints the per-head scores and writes the judge file with
+    its data record. Validation logs per-head accuracy as `val/acc/<factor>`.
+
+    Args:
+        judge_path: where to write the judge file at the end of fit; None writes nothing.
+        base_channels: width of the first conv block (64 for the paper-size judges).
+        embed_dim: frame embedding size fed to the BiLSTM.
+        hidden_size: BiLSTM hidden size per direction.
+        head_hidden: hidden width of each head.
+        sequence_level_factors: dynamic factors constant over a sequence by construction, classified
+            once per sequence (e.g. ["action"] for Sprites).
+        lr: Adam learning rate.
+        betas: Adam betas.
+        test_after_fit: score the test split at the end of fit and store the scores in the judge file.
+        bn_batches: at the end of fit, recompute the BatchNorm statistics as a plain average over
+            this many training batches with the final weights (the running averages lag behind the
+            weights, which matters after short runs); 0 keeps the running averages.
+    """
+
+    def __init__(
+        self,
+        judge_path: str | None = "judges/judge.pt",
+        base_channels: int = 64,
+        embed_dim: int = 128,
+        hidden_size: int = 256,
+        head_hidden: int = 256,
+        sequence_level_factors: list[str] | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        test_after_fit: bool = True,
+        bn_batches: int = 50,
+    ):
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"model.lr must be positive, got {lr}")
+        if bn_batches < 0:
+            raise ValueError(f"model.bn_batches must be >= 0, got {bn_batches}")
+        self.save_hyperparameters()
+        self.judge: Judge | None = None
+        self.val_scores: FactorScores | None = None
+        self.test_scores: FactorScores | None = None
+        self.final_test_scores: dict[str, float] = {}
+
+    # -- building ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.judge is not None:
+            return
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not getattr(dm, "factors", None):
+            raise ValueError(
+                "JudgeModule needs a data module with labelled `factors` (pass data: in the config)"
+            )
+        split = {"fit": "train", "validate": "val"}.get(stage, "test")
+        sample = dm.batch(split, [0])["x"]  # (1, T, C, H, W)
+        _, _, c, h, w = sample.shape
+        if h != w:
+            raise ValueError(f"the judge needs square frames, the data module gives {h}×{w}")
+        self.build(dm.factors, frame_size=h, in_channels=c)
+
+    def build(self, factors: Sequence[Factor], frame_size: int, in_channels: int) -> None:
+        """Create the judge and metrics (by `setup`, or by hand to use the module without a Trainer)."""
+        hp = self.hparams
+        self.judge = Judge(
+            factors,
+            frame_size=frame_size,
+            in_channels=in_channels,
+            base_channels=hp.base_channels,
+            embed_dim=hp.embed_dim,
+            hidden_size=hp.hidden_size,
+            head_hidden=hp.head_hidden,
+            sequence_level_factors=hp.sequence_level_factors or (),
+        )
+        seq = self.judge.sequence_level
+        self.val_scores = FactorScores(self.judge.factors, seq, prefix="val/", validate_args=False)
+        self.test_scores = FactorScores(self.judge.factors, seq, prefix="test/", validate_args=False)
+        self.to(self.device)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.judge.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+
+    # -- steps ----------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.judge(x)
+
+    def loss(self, logits: list[Tensor], labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sum over factors of the cross-entropy (mean over sequences or frames)."""
+        per_head = {}
+        for f, lg, y in zip(self.judge.factors, logits, judge_targets(self.judge, labels), strict=True):
+            per_head[f.name] = F.cross_entropy(lg.flatten(0, -2), y.flatten())
+        return torch.stack(list(per_head.values())).sum(), per_head
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self.judge(batch["x"])  # x: (B, T, C, H, W)
+        loss, _ = self.loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, scores: FactorScores, split: str, batch: dict, batch_idx: int, loader) -> None:
+        logits = self.judge(batch["x"])
+        # mask out the DistributedSampler's padding so every sequence counts once
+        valid = distributed_valid_mask(
+            batch_idx,
+            loader.batch_size,
+            batch["x"].shape[0],
+            self.trainer.datamodule.split_size(split),
+            self.global_rank,
+            self.trainer.world_size,
+            device=self.device,
+        )
+        scores.update(logits, batch["labels"], valid)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(self.val_scores, "val", batch, batch_idx, self.trainer.val_dataloaders)
+
+    def on_validation_epoch_end(self) -> None:
+        out = self.val_scores.compute()  # synced over ranks; every rank calls it
+        self.val_scores.reset()
+        # values are already global; sync_dist only averages identical numbers (and silences a warning)
+        bar = {"val/acc/static", "val/acc/dynamic"}
+        self.log_dict(
+            {k: v for k, v in out.items() if k.startswith("val/acc") and k not in bar}, sync_dist=True
+        )
+        self.log_dict({k: v for k, v in out.items() if k in bar}, prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(self.test_scores, "test", batch, batch_idx, self.trainer.test_dataloaders)
+
+    def on_test_epoch_end(self) -> None:
+        out = self.test_scores.compute()
+        self.test_scores.reset()
+        self.log_dict(out, sync_dist=True)
+
+    # -- end of fit: score on the real test split, write the judge file ----------------------------
+    def _n_eval_batches(self, n_batches: int) -> int:
+        t = self.trainer
+        if t.fast_dev_run:
+            return min(n_batches, int(t.fast_dev_run))
+        lim = t.limit_test_batches
+        if isinstance(lim, float):
+            return n_batches if lim >= 1.0 else max(1, int(n_batches * lim))
+        return min(n_batches, int(lim))
+
+    @torch.no_grad()
+    def score_split(self, split: str = "test") -> dict[str, float]:
+        """Scores of the judge on a whole split, every rank taking a disjoint strided shard (no padding)."""
+        dm = self.trainer.datamodule
+        n = dm.split_size(split)
+        rank, world = self.global_rank, self.trainer.world_size
+        mine = torch.arange(rank, n, world)
+        bs = dm.eval_batch_size
+        n_batches = self._n_eval_batches(math.ceil(n / (bs * world)))
+        scores = FactorScores(self.judge.factors, self.judge.sequence_level, validate_args=False).to(
+            self.device
+        )
+        was_training = self.judge.training
+        self.judge.eval()
+        for chunk in mine.split(bs)[:n_batches]:
+            batch = dm.batch(split, chunk, device=self.device)
+            scores.update(self.judge(batch["x"]), batch["labels"])
+        self.judge.train(was_training)
+        out = scores.compute()  # collective: every rank gets here
+        return {k: float(v) for k, v in out.items()}
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, n_batches: int) -> None:
+        """Reset BatchNorm statistics to their average over `n_batches` random training batches.
+
+        The batches come from a fixed-seed generator, so every rank computes the same statistics.
+        """
+        bns = [m for m in self.judge.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns or n_batches <= 0:
+            return
+        dm = self.trainer.datamodule
+        n, bs = dm.split_size("train"), dm.batch_size
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        was_training = self.judge.training
+        self.judge.train()
+        g = torch.Generator().manual_seed(0)
+        for _ in range(1 if self.trainer.fast_dev_run else n_batches):
+            self.judge(dm.batch("train", torch.randint(0, n, (bs,), generator=g), device=self.device)["x"])
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        self.judge.train(was_training)
+
+    def on_fit_end(self) -> None:
+        t = self.trainer
+        self.recalibrate_batchnorm(self.hparams.bn_batches)
+        if self.hparams.test_after_fit:
+            self.final_test_scores = self.score_split("test")
+            if t.is_global_zero:
+                rank_zero_info(format_scores(self.final_test_scores, self.judge.factors, "real test split"))
+                if self.logger is not None:
+                    self.logger.log_metrics({f"test/{k}": v for k, v in self.final_test_scores.items()})
+        path = self.hparams.judge_path
+        if path and t.is_global_zero:
+            if t.fast_dev_run:
+                rank_zero_info(f"fast_dev_run: judge file '{path}' not written")
+            else:
+                save_judge(self.judge, path, data_signature(t.datamodule), self.final_test_scores)
+                rank_zero_info(f"judge written to '{path}'")
+        t.strategy.barrier()
+
+
+def format_scores(scores: dict[str, float], factors: Sequence[Factor], what: str) -> str:
+    """A readable per-head table of judge scores (accuracy, ±1-bin accuracy and R² for ordinal factors)."""
+    n = int(scores.get("n/sequences", 0))
+    lines = [f"judge scores on the {what} ({n} sequences):"]
+    for f in factors:
+        kind = "static" if f.static else "dynamic"
+        row = f"  {f.name:<12} {kind:<8} acc {100 * scores[f'acc/{f.name}']:7.3f}%"
+        if f.ordinal:
+            row += f"   ±1-bin {100 * scores[f'acc1/{f.name}']:7.3f}%   R² {scores[f'r2/{f.name}']:.4f}"
+        lines.append(row)
+    for k in ("acc/static", "acc/dynamic"):
+        if k in scores:
+            lines.append(f"  {k:<21} {100 * scores[k]:7.3f}%")
+    return "\n".join(lines)
