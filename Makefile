@@ -19,10 +19,11 @@ DATA ?= dsprites
 SWEEP ?= shuffle_frequency
 CKPT ?=
 RUNS ?=
+OUT ?=
 ID ?=
 
 .PHONY: help install train print-config judge eval report sweep agent sweep-local test test-full lint clean \
-	check-exp bench-dsprites bench-sprites bench-video
+	check-exp check-sweep bench-dsprites bench-sprites bench-video
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,18 +53,21 @@ eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=runs/<exp>/<run>/checkpo
 	echo "$(PY) -m sdcd test --config $$cfg --ckpt_path $(CKPT) $(ARGS)"; \
 	$(PY) -m sdcd test --config "$$cfg" --ckpt_path "$(CKPT)" $(ARGS)
 
-report: $(STAMP) ## Compare runs in one Markdown table: make report RUNS="runs/a/<run> runs/b/<run>"
-	@test -n "$(RUNS)" || { echo "make: report needs RUNS=\"<run dir or metrics.json> ...\"" >&2; exit 2; }
-	$(PY) -m sdcd.report $(RUNS) $(ARGS)
+report: $(STAMP) ## Compare evaluated runs: make report RUNS="runs/a/<id> runs/b/<id>" [OUT=cmp.md]
+	@test -n "$(RUNS)" || { echo 'make: report needs RUNS="<run dir or metrics.json> ..."' >&2; exit 2; }
+	$(PY) -m sdcd.report $(RUNS) $(if $(OUT),--out $(OUT))
 
-sweep: $(STAMP) ## Create a W&B sweep (needs a W&B account): make sweep SWEEP=shuffle_frequency
-	$(VENV)/bin/wandb sweep experiments/sweeps/$(SWEEP).yaml
+check-sweep:
+	@test -f experiments/sweeps/$(SWEEP).yaml || { echo "make: unknown sweep SWEEP='$(SWEEP)': no file experiments/sweeps/$(SWEEP).yaml. Expected one of: $$(ls experiments/sweeps/*.yaml | xargs -n1 basename | sed 's/\.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }
 
-agent: $(STAMP) ## Run a W&B sweep agent on this machine: make agent ID=<entity/project/sweep id>
-	@test -n "$(ID)" || { echo "make: agent needs ID=<sweep id printed by make sweep>" >&2; exit 2; }
-	$(VENV)/bin/wandb agent $(ID)
+sweep: $(STAMP) check-sweep ## Create a W&B sweep (needs `wandb login`): make sweep SWEEP=shuffle_frequency
+	WANDB_SILENT=false $(VENV)/bin/wandb sweep experiments/sweeps/$(SWEEP).yaml
 
-sweep-local: $(STAMP) ## Run a sweep's grid here, no W&B server: make sweep-local SWEEP=shuffle_frequency [ARGS=…]
+agent: $(STAMP) ## Take runs of a W&B sweep (on any number of machines): make agent ID=<entity>/<project>/<sweep id>
+	@test -n "$(ID)" || { echo "make: agent needs ID=<entity>/<project>/<sweep id>, as printed by make sweep" >&2; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" WANDB_SILENT=false $(VENV)/bin/wandb agent $(ID)
+
+sweep-local: $(STAMP) check-sweep ## Run a sweep's grid here, no W&B server: make sweep-local SWEEP=<name> ARGS="…"
 	$(PY) -m sdcd.sweeps local experiments/sweeps/$(SWEEP).yaml -- $(ARGS)
 
 bench-dsprites: $(STAMP) ## Moving dSprites render throughput

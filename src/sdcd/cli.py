@@ -1,43 +1,196 @@
-"""The one entry point: `python -m sdcd {fit,validate,test,predict} --config experiments/<name>.yaml [overrides]`.
+"""The entry point: `python -m sdcd {fit,validate,test,predict} --config experiments/<name>.yaml [overrides]`.
 
 A LightningCLI in subclass mode: model and data are chosen by `class_path` in the YAML, and any
 `__init__` argument is overridable (`--model.kl_weight=0.5`, `--data.batch_size=32`).
+
+Each run gets its own directory `runs/<experiment>/<run id>/` (layout and logger choice: sdcd.runs),
+printed once at the start. When the config leaves `trainer.logger` unset (or `true`), the run logs to
+W&B (offline without credentials) plus a CSVLogger; `LOGGER=csv` or `--trainer.logger=...` swap that.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import torch
+import yaml
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
+from sdcd import runs
 from sdcd.callbacks.shuffle import ShuffleCallback
 
 
+class RunWandbLogger(WandbLogger):
+    """A WandbLogger that falls back to offline when an online start fails (timeout, rejected key)."""
+
+    def __init__(self, *args, fallback_offline: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)  # Lightning always passes it; wandb warns it has no effect
+        self._fallback_offline = fallback_offline
+
+    @property
+    def experiment(self):
+        try:
+            return WandbLogger.experiment.fget(self)
+        except Exception as err:
+            import wandb
+
+            if not (self._fallback_offline and isinstance(err, wandb.errors.Error)):
+                raise
+            runs.say(f"W&B online start failed ({str(err).splitlines()[0]}); logging offline instead")
+            runs.say(runs.sync_hint(Path(self.save_dir)))
+            self._fallback_offline = False
+            self._wandb_init["mode"] = "offline"
+            return WandbLogger.experiment.fget(self)
+
+
+def default_loggers(run_dir: Path, experiment: str, fast_dev_run: bool = False) -> list[Logger]:
+    """The chosen logger first (so `trainer.log_dir` is the run dir), then a CSVLogger writing metrics.csv.
+
+    Under fast_dev_run Lightning swaps every logger for a DummyLogger, so no W&B run is set up at all.
+    """
+    run_dir = Path(run_dir)
+    # The run dir already holds wandb/ etc.; the CSV writer only removes an older metrics.csv there.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # save_dir/name/version laid out so that log_dir == run_dir exactly
+    csv = CSVLogger(save_dir=run_dir.parent, name="", version=run_dir.name)
+    kind = runs.logger_kind()
+    if fast_dev_run or kind == "csv":
+        return [csv]
+    if kind == "tensorboard":
+        return [TensorBoardLogger(save_dir=run_dir.parent, name="", version=run_dir.name), csv]
+
+    import wandb
+
+    # only rank 0 starts a W&B run; the others skip the credential check and the network probe
+    mode, why = runs.choose_wandb_mode() if runs.process_rank() == 0 else ("offline", "")
+    kwargs: dict = {"mode": mode}
+    if not os.environ.get("WANDB_INIT_TIMEOUT"):
+        kwargs["settings"] = wandb.Settings(init_timeout=runs.INIT_TIMEOUT_S)
+    if mode == "offline" and why:
+        runs.say(f"W&B logs offline: {why}")
+        runs.say(runs.sync_hint(run_dir))
+    elif why:
+        runs.say(f"W&B logs {mode} ({why})")
+    wandb_logger = RunWandbLogger(
+        save_dir=run_dir,
+        project=os.environ.get("WANDB_PROJECT", runs.WANDB_PROJECT),
+        name=f"{experiment}-{run_dir.name}",
+        group=experiment,
+        fallback_offline=mode == "online",
+        **kwargs,
+    )
+    return [wandb_logger, csv]
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Writes the resolved config to `<run dir>/config.yaml` and sends it to W&B (`wandb.config`).
+
+    The run dir is `trainer.default_root_dir`, unique per run, so runs never clash the way the stock
+    callback does under a shared W&B save_dir.
+    """
+
+    def __init__(self, parser, config, config_filename: str = "config.yaml", overwrite: bool = True,
+                 multifile: bool = False):
+        super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir=False)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        runs.atomic_write_text(Path(trainer.default_root_dir) / self.config_filename, text)
+        resolved = yaml.safe_load(text)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run_config = logger.experiment.config
+                # keys a W&B sweep already set (e.g. seed_everything) are locked: leave them alone
+                update = {k: v for k, v in resolved.items() if k not in run_config}
+                run_config.update(update, allow_val_change=True)
+
+
 class SDCDCLI(LightningCLI):
+    run_dir: Path | None = None
+
     def add_arguments_to_parser(self, parser) -> None:
         # The shuffle schedule is a top-level group (`shuffle:` in YAML, `--shuffle.every=0` on the
         # command line, `shuffle.every` in sweeps) instead of an entry of trainer.callbacks, whose
         # list items cannot be overridden reliably from the command line.
         parser.add_lightning_class_args(ShuffleCallback, "shuffle")
+        parser.add_argument(
+            "--experiment_name", type=str | None, default=None,
+            help="Names the run dir runs/<experiment_name>/<run id>/ (default: the last --config's stem).",
+        )
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=False,
+            help="After fit, test (= evaluate) the best checkpoint in the same run dir and W&B run, so "
+            "metrics.json lands in the run dir and sweeps see the eval/* metrics.",
+        )
 
     def before_instantiate_classes(self) -> None:
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls: same results to ~1e-3, much faster
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if not config.get("experiment_name"):
+            # written back so that the saved config.yaml, run again, lands under the same experiment
+            config["experiment_name"] = runs.experiment_name(config.get("config"))
+
+    def instantiate_trainer(self, **kwargs):
+        """Builds the Trainer inside the run dir, with the default loggers when the config leaves them unset.
+
+        The logger objects and default_root_dir go to the Trainer only, not into the config, so a saved
+        config.yaml run again gets a fresh run dir of its own.
+        """
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        experiment = self._get(self.config, "experiment_name")
+        self.run_dir = runs.resolve_run_dir(experiment, trainer_config.get("default_root_dir"))
+        os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # DDP children inherit it; main() restores it
+        fast_dev_run = bool(trainer_config.get("fast_dev_run"))
+        if not fast_dev_run:
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # W&B wants its dir to exist
+        note = " (fast_dev_run: no loggers, no config.yaml)" if fast_dev_run else ""
+        runs.say(f"run directory {runs.display_path(self.run_dir)}{note}")
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(self.run_dir, experiment, fast_dev_run=fast_dev_run)
+        kwargs["default_root_dir"] = str(self.run_dir)
+        trainer = super().instantiate_trainer(**kwargs)
+        for checkpoint in trainer.checkpoint_callbacks:
+            if checkpoint.dirpath is None:
+                checkpoint.dirpath = os.path.realpath(self.run_dir / "checkpoints")
+        return trainer
+
+    def after_fit(self) -> None:
+        if not self._get(self.config, "test_after_fit"):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        best = checkpoint is not None and bool(getattr(checkpoint, "best_model_path", ""))
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SDCDCLI:
     os.environ.setdefault("WANDB_SILENT", "true")
-    return SDCDCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        # configs always set seed_everything explicitly; this default only applies without a config
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
-        args=args,
-        run=run,
-    )
+    previous_run_dir = os.environ.get(runs.RUN_DIR_ENV)
+    failed = True
+    try:
+        cli = SDCDCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # configs always set seed_everything explicitly; this default only applies without a config
+            seed_everything_default=42,
+            save_config_callback=SaveRunConfig,
+            parser_kwargs={"default_env": False},
+            args=args,
+            run=run,
+        )
+        failed = False
+        return cli
+    finally:
+        if run:  # with run=False the caller goes on using the trainer (and its W&B run)
+            runs.finish_wandb(exit_code=int(failed))
+        if previous_run_dir is None:
+            os.environ.pop(runs.RUN_DIR_ENV, None)
+        else:
+            os.environ[runs.RUN_DIR_ENV] = previous_run_dir

@@ -1,0 +1,137 @@
+"""Compare evaluated runs in one Markdown table.
+
+    python -m sdcd.report runs/dsprites_cond_shuffle/<id> runs/dsprites_cond_noshuffle/<id>
+        [--out cmp.md] [--metrics 'swap/acc/*' ...]
+
+Each argument is a run directory (holding metrics.json) or a metrics.json path. metrics.json is what
+the evaluation writes into the run directory::
+
+    {"experiment": str, "checkpoint": str,
+     "metrics": {"swap/acc/static": {"mean": float, "std": float}, ...}}
+
+Rows are runs, columns the metrics present in any of them (mean ± std; "—" where a run lacks one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdcd.runs import atomic_write_text, display_path
+
+METRICS_FILE = "metrics.json"
+MISSING = "—"
+
+
+class MetricsFileError(ValueError):
+    """A metrics.json that is missing or not in the expected shape; the message names the file."""
+
+
+@dataclass
+class RunMetrics:
+    path: Path  # the metrics.json file
+    experiment: str
+    checkpoint: str
+    metrics: dict[str, tuple[float, float]]  # name -> (mean, std)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MetricsFileError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def load_metrics(arg: str | Path) -> RunMetrics:
+    """Reads and checks one metrics.json (or the one in a run directory)."""
+    arg = Path(arg)
+    path = arg / METRICS_FILE if arg.is_dir() else arg
+    if not path.is_file():
+        if path.name != METRICS_FILE or not path.parent.is_dir():
+            raise MetricsFileError(f"{arg}: no such run directory or metrics.json file")
+        raise MetricsFileError(
+            f"{path}: not found; the evaluation writes it into the run dir "
+            "(`sdcd test`, or `sdcd fit --test_after_fit=true`, with model.judge_path set)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MetricsFileError(f"{path}: not valid JSON ({err})") from None
+    expected = '{"experiment": str, "checkpoint": str, "metrics": {name: {"mean": float, "std": float}}}'
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise MetricsFileError(f"{path}: expected an object {expected}")
+    metrics = {}
+    for name, value in data["metrics"].items():
+        if not isinstance(value, dict) or "mean" not in value or "std" not in value:
+            raise MetricsFileError(
+                f'{path}: metrics["{name}"] should be {{"mean": float, "std": float}}, got {value!r}'
+            )
+        where = f'{path}: metrics["{name}"]'
+        metrics[name] = (_number(value["mean"], f"{where}.mean"), _number(value["std"], f"{where}.std"))
+    return RunMetrics(path, str(data.get("experiment", "")), str(data.get("checkpoint", "")), metrics)
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "nan"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def metric_names(runs: list[RunMetrics]) -> list[str]:
+    """Every metric present in any run, in first-seen order."""
+    names: dict[str, None] = {}
+    for run in runs:
+        names.update(dict.fromkeys(run.metrics))
+    return list(names)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)]) + "\n"
+
+
+def compare(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
+    """The table; `patterns` (shell-style, e.g. "swap/acc/*") keep only the metrics they match."""
+    names = metric_names(runs)
+    if patterns:
+        kept = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not kept:
+            wanted = " ".join(patterns)
+            raise MetricsFileError(f"no metric matches --metrics {wanted}; the runs have: {names}")
+        names = kept
+    rows = []
+    for run in runs:
+        cells = [format_mean_std(*run.metrics[n]) if n in run.metrics else MISSING for n in names]
+        rows.append([display_path(run.run_dir), run.experiment or MISSING, *cells])
+    return markdown_table(["run", "experiment", *names], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdcd.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories or metrics.json files")
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--metrics", nargs="+", metavar="PATTERN", help="only these, e.g. 'swap/acc/*'")
+    args = parser.parse_args(argv)
+    try:
+        table = compare([load_metrics(arg) for arg in args.runs], args.metrics)
+    except MetricsFileError as err:
+        print(f"sdcd.report: {err}", file=sys.stderr)
+        return 2
+    print(table, end="")
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
