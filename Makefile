@@ -23,7 +23,7 @@ OUT ?=
 ID ?=
 
 .PHONY: help install train print-config judge eval report sweep agent sweep-local test test-full lint clean \
-	check-exp check-sweep bench-dsprites bench-sprites bench-video
+	check-exp check-sweep bench gpu-prepare gpu-rehearse bench-dsprites bench-sprites bench-video
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,15 @@ agent: $(STAMP) ## Take runs of a W&B sweep (on any number of machines): make ag
 
 sweep-local: $(STAMP) check-sweep ## Run a sweep's grid here, no W&B server: make sweep-local SWEEP=<name> ARGS="…"
 	$(PY) -m sdcd.sweeps local experiments/sweeps/$(SWEEP).yaml -- $(ARGS)
+
+bench: $(STAMP) ## Training-step benchmark here: make bench ARGS="--config dsprites sprites --batch 2"
+	$(PY) bench/train_step.py $(ARGS)
+
+gpu-prepare: $(STAMP) ## Wheels (.whl/) and LPC sheets (.sheets/) for bench/gpu_run.sh on the device
+	PYTHON=$(PY) bash bench/prepare_gpu_run.sh
+
+gpu-rehearse: $(STAMP) ## bench/gpu_run.sh end to end on CPU, tiny (results in $$OUT or a temp dir)
+	SDCD_BENCH_TINY=1 PYTHON=$(PY) OUT=$${OUT:-$$(mktemp -d)} bash bench/gpu_run.sh
 
 bench-dsprites: $(STAMP) ## Moving dSprites render throughput
 	$(PY) bench/dsprites_render.py $(ARGS)

@@ -71,6 +71,9 @@ class SDCD(LightningModule):
         variance_floor: Floor on the aggregated static variance (1e-6).
         lr: Adam learning rate (1e-3).
         grad_clip_norm: Gradient-norm clipping, always on (0.5); 0 disables it.
+        compile: Compile the training objective (`loss_terms`, forward and backward) with torch.compile
+            when fit starts; validation, test and evaluation stay eager. The first steps pay the compile.
+        channels_last: Keep the conv weights, hence the conv activations, in channels_last memory format.
         nonfinite_patience: K. A step whose loss or gradient is not finite is skipped on the device
             (the fused Adam kernel's found_inf flag: no host sync) and counted; training stops with an
             error naming the bad loss term after K consecutive bad steps (checked every K steps).
@@ -107,6 +110,8 @@ class SDCD(LightningModule):
         variance_floor: float = 1e-6,
         lr: float = 1e-3,
         grad_clip_norm: float = 0.5,
+        compile: bool = False,
+        channels_last: bool = False,
         nonfinite_patience: int = 10,
         judge_path: str | None = None,
         eval_repeats: int = 5,
@@ -140,6 +145,7 @@ class SDCD(LightningModule):
         self._guard: dict[str, torch.Tensor] = {}  # non-finite step bookkeeping, on the device
         self.judge = None  # loaded at setup from judge_path; deliberately not a submodule
         self.eval_results: dict[str, dict[str, float]] = {}
+        self._compiled_loss_terms = None  # torch.compile(self.loss_terms), made by configure_model
 
     # ---------------------------------------------------------------- building blocks
     def frame_features(self, x: torch.Tensor, noise: bool = True) -> torch.Tensor:
@@ -199,7 +205,8 @@ class SDCD(LightningModule):
         return terms
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.loss_terms(batch["x"], shuffle=self.shuffle)
+        loss_terms = self._compiled_loss_terms or self.loss_terms
+        terms = loss_terms(batch["x"], shuffle=self.shuffle)
         loss, b = terms.pop("loss"), batch["x"].shape[0]
         # which optimised terms are non-finite: (len(GUARDED_TERMS),) bool, read by the guard below
         self._guard["bad_terms"] = torch.stack([~torch.isfinite(terms[k].detach()) for k in GUARDED_TERMS])
@@ -261,6 +268,13 @@ class SDCD(LightningModule):
         b = batch["x"].shape[0]
         self.log("val/sse", terms.pop("sse"), prog_bar=True, sync_dist=True, batch_size=b)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=b)
+
+    def configure_model(self) -> None:
+        """The speed switches; Lightning calls this at the start of every fit/validate/test."""
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.hparams.compile and self._compiled_loss_terms is None:
+            self._compiled_loss_terms = torch.compile(self.loss_terms)  # compiles on the first step
 
     def configure_optimizers(self):
         # fused: one kernel per step, and its found_inf input lets the guard skip a step without a sync

@@ -1,0 +1,220 @@
+"""The benchmark scripts of bench/ (issue 7) run and report consistent numbers, on CPU with tiny configs."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+train_step = importlib.import_module("train_step")
+epoch = importlib.import_module("epoch")
+time_to_accuracy = importlib.import_module("time_to_accuracy")
+
+
+@pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py"])
+def test_help(script):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage:") and "--json" in out.stdout
+
+
+@pytest.mark.parametrize("script", ["gpu_run.sh", "prepare_gpu_run.sh"])
+def test_shell_scripts_parse(script):
+    out = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_flops_are_counted_and_linear_in_batch(tiny_model_kwargs):
+    from sdcd.model import SDCD
+
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs)
+    one, two = (train_step.count_flops(model, torch.rand(b, 4, 3, 32, 32)) for b in (2, 4))
+    assert one > 0 and two == 2 * one  # every layer is per sequence or per frame
+    assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
+
+
+def test_train_step_reports_consistent_rates(tmp_path):
+    out = tmp_path / "step.json"
+    result = train_step.main(
+        [
+            "--device",
+            "cpu",
+            "--config",
+            "small",
+            "--variants",
+            "eager_fp32",
+            "--steps",
+            "1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--matmul-size",
+            "64",
+            "--json",
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    c = result["configs"]["small"]
+    r = c["variants"]["eager_fp32"]
+    assert (c["batch"], c["n_frames"], c["frame_size"]) == (16, 4, 32)  # experiments/tiny.yaml
+    assert len(r["step_s_repeats"]) == 2 and r["step_s"] > 0
+    assert r["steps_per_s"] == pytest.approx(1 / r["step_s"])
+    assert r["frames_per_s"] == pytest.approx(r["steps_per_s"] * 16 * 4)
+    assert r["tflops"] == pytest.approx(c["flops_per_step"] * r["steps_per_s"] / 1e12)
+    assert r["fraction_of_bf16_peak"] == pytest.approx(r["tflops"] / result["peak"]["matmul_tflops_bfloat16"])
+    assert result["env"]["torch"] == torch.__version__ and result["env"]["load_average_start"]
+
+
+def test_choose_variant_takes_the_fastest_lightning_variant(tmp_path):
+    measured = {
+        "eager_fp32": {"step_s": 0.03},
+        "eager_bf16": {"step_s": 0.02},
+        "compiled_bf16": {"error": "boom"},
+        "compiled_bf16_cg": {"step_s": 0.001},
+    }  # CUDA graphs are not a Lightning variant
+    path = tmp_path / "step.json"
+    path.write_text(json.dumps({"configs": {"sprites": {"variants": measured}}}))
+    assert epoch.choose_variant(f"auto:{path}", "sprites", "cuda") == "eager_bf16"
+    assert epoch.choose_variant(f"auto:{path}", "dsprites", "cuda") == "eager_bf16"  # not measured: fallback
+    assert epoch.choose_variant(f"auto:{tmp_path / 'missing.json'}", "sprites", "cpu") == "eager_fp32"
+    assert epoch.choose_variant("compiled_fp32", "sprites", "cpu") == "compiled_fp32"
+
+
+def test_epoch_times_a_reduced_epoch(in_tmp):
+    result = epoch.main(["--data", "small", "--limit-train-batches", "2", "--json", "epoch.json"])
+    r = result["epochs"]["small"]
+    assert r["steps"] == 2 and r["full_epoch"] is False and r["batch_size"] == 16
+    assert 0 < r["first_step_s"] <= r["epoch_s"]
+    assert r["sequences_per_s"] == pytest.approx(2 * 16 / r["epoch_s"])
+    assert json.loads(Path("epoch.json").read_text())["epochs"]["small"]["steps"] == 2
+
+
+def _untrained_tiny_judge(path: Path, n_train: int) -> None:
+    """A judge file for the data of experiments/tiny.yaml with n_train sequences (weights untrained)."""
+    from sdcd.data_modules.dsprites import MovingDSpritesDataModule
+
+    from sdcd.judge import Judge, data_signature, save_judge
+
+    dm = MovingDSpritesDataModule(
+        variant="cond", n_train=n_train, n_val=32, n_test=32, n_frames=4, frame_size=32, batch_size=16, seed=0
+    )
+    judge = Judge(dm.factors, frame_size=32, base_channels=8, embed_dim=16, hidden_size=16, head_hidden=16)
+    save_judge(judge, path, data_signature(dm))
+
+
+def test_time_to_accuracy_stops_at_the_target(in_tmp):
+    _untrained_tiny_judge(in_tmp / "judge.pt", n_train=32)
+    # target 0: reached at the first evaluation, so training stops after epoch 1 of 5
+    record = time_to_accuracy.main(
+        [
+            "--config",
+            "small",
+            "--judge",
+            "judge.pt",
+            "--variant",
+            "eager_fp32",
+            "--target",
+            "0",
+            "--eval-every",
+            "1",
+            "--eval-sequences",
+            "16",
+            "--max-epochs",
+            "5",
+            "--no-test",
+            "--json",
+            "tta.json",
+            "--root-dir",
+            str(in_tmp),
+            "--",
+            "--data.n_train=32",
+        ]
+    )
+    assert record["epochs"] == 1 and record["steps"] == 2  # 32 sequences / batch 16
+    assert record["reached"] == record["progress"][0] and len(record["progress"]) == 1
+    point = record["reached"]
+    assert 0 < point["train_s"] <= point["wall_s"] and point["epoch"] == 1
+    assert 0 <= point["swap_static"] <= 1 and 0 <= point["swap_dynamic"] <= 1
+    assert json.loads(Path("tta.json").read_text())["reached"]["epoch"] == 1
+
+
+def test_time_to_accuracy_stops_on_its_clock(in_tmp):
+    _untrained_tiny_judge(in_tmp / "judge.pt", n_train=32)
+    # an unreachable target and a zero budget: stops after the first epoch, evaluated, with the reason
+    record = time_to_accuracy.main(
+        [
+            "--config",
+            "small",
+            "--judge",
+            "judge.pt",
+            "--variant",
+            "eager_fp32",
+            "--target",
+            "1.01",
+            "--eval-every",
+            "10",
+            "--eval-sequences",
+            "16",
+            "--max-train-s",
+            "0",
+            "--max-epochs",
+            "5",
+            "--no-test",
+            "--root-dir",
+            str(in_tmp),
+            "--",
+            "--data.n_train=32",
+        ]
+    )
+    assert record["reached"] is None and record["epochs"] == 1
+    assert len(record["progress"]) == 1 and "--max-train-s" in record["stopped"]
+
+
+@pytest.mark.slow  # six processes importing torch and Lightning: ~2 min on a loaded 2-core CPU
+def test_gpu_run_tiny_end_to_end(tmp_path):
+    pytest.importorskip("setuptools", reason="the install phase builds sdcd offline (--no-build-isolation)")
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "SDCD_WORK": str(work),
+        "SDCD_BENCH_TINY": "1",
+        "PYTHON": sys.executable,
+    }
+    run = subprocess.run(
+        ["bash", str(BENCH / "gpu_run.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    files = {p.name for p in out.iterdir()}
+    assert {
+        "summary.md",
+        "log.txt",
+        "env.txt",
+        "train_step.json",
+        "judge.json",
+        "epoch.json",
+        "tta.json",
+    } <= files
+    assert len(files) <= 8  # what the device tool brings back
+    phases = dict(line.split("\t")[:2] for line in (work / "phases.tsv").read_text().splitlines())
+    expected = {"install", "train_step", "judge", "epoch", "time_to_accuracy"}
+    assert expected <= set(phases) and all(phases[p] == "0" for p in phases), phases
+    summary = (out / "summary.md").read_text()
+    assert "| time_to_accuracy | ok |" in summary and "smoke run" in summary
+    tta = json.loads((out / "tta.json").read_text())
+    assert tta["progress"] and tta["test"]["swap/acc/static"]["mean"] >= 0 and tta["stopped"]
+    assert json.loads((out / "judge.json").read_text())["test_scores"]["acc/static"] >= 0
+    assert str(work / "site") in (out / "env.txt").read_text()  # sdcd came from the install phase
