@@ -110,8 +110,25 @@ class SaveRunConfig(SaveConfigCallback):
                 run_config.update(update, allow_val_change=True)
 
 
+# Model arguments that say how to evaluate, not what was trained: on `test --ckpt_path …` they come from
+# the config / command line, not from the checkpoint's saved hyperparameters.
+EVAL_ARGS = ("judge_path", "eval_repeats", "eval_every_n_epochs", "eval_val_sequences", "peers_protocol")
+
+
 class SDCDCLI(LightningCLI):
     run_dir: Path | None = None
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the model config by the checkpoint's hyperparameters (so the architecture
+        # matches the weights); keep the evaluation settings the user asked for on top of that.
+        sub = self.config.get("subcommand")
+        init = self.config[sub].get("model", {}).get("init_args") if sub else None
+        keep = {k: init[k] for k in EVAL_ARGS if init is not None and k in init}
+        super()._parse_ckpt_path()
+        init = self.config[sub].get("model", {}).get("init_args") if sub else None
+        for k, v in keep.items():
+            if init is not None and k in init:
+                init[k] = v
 
     def add_arguments_to_parser(self, parser) -> None:
         # The shuffle schedule is a top-level group (`shuffle:` in YAML, `--shuffle.every=0` on the

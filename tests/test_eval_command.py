@@ -1,0 +1,49 @@
+"""`make eval CKPT=…` runs the full protocol on a checkpoint and writes metrics.json / metrics.md into
+the checkpoint's run directory. The judge here is untrained (a plumbing test: the numbers are not
+asserted, only that every test of the protocol ran and was written)."""
+
+import json
+import os
+import subprocess
+
+import torch
+
+from conftest import ROOT
+from sdcd.cli import main
+from sdcd.judge import Judge, data_signature, save_judge
+
+
+def test_make_eval_writes_metrics_into_the_run_dir(in_tmp):
+    run_dir = in_tmp / "runs" / "tiny" / "run-a"
+    os.environ["SDCD_RUN_DIR"] = str(run_dir)
+    try:
+        cli = main(["fit", "--config", "experiments/tiny.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+                    "--trainer.callbacks=[]", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                    "--trainer.callbacks.save_last=true"])
+    finally:
+        del os.environ["SDCD_RUN_DIR"]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and (run_dir / "config.yaml").is_file()
+
+    torch.manual_seed(0)
+    judge = Judge(cli.datamodule.factors, frame_size=32, base_channels=8, embed_dim=16, hidden_size=16, head_hidden=16)
+    judge_path = in_tmp / "judge.pt"
+    save_judge(judge, judge_path, data_signature(cli.datamodule))
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "LOGGER": "csv"}
+    out = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "eval", f"CKPT={ckpt}",
+                          f"ARGS=--model.judge_path={judge_path} --model.eval_repeats=2 --trainer.enable_progress_bar=false"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = json.loads((run_dir / "metrics.json").read_text())
+    assert data["repeats"] == 2 and data["checkpoint"].endswith("last.ckpt")
+    for test in ("swap", "sample_dynamics", "sample_static", "paired"):
+        assert 0.0 <= data["metrics"][f"{test}/acc/static"]["mean"] <= 1.0
+        assert data["metrics"][f"{test}/n/sequences"]["mean"] == 32  # the whole tiny test split
+    assert "| swap | acc/static |" in (run_dir / "metrics.md").read_text()
+
+
+def test_make_eval_without_a_checkpoint_is_a_clear_error(tmp_path):
+    out = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "eval", f"CKPT={tmp_path}/nope.ckpt"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "does not exist" in out.stderr and "nope.ckpt" in out.stderr
