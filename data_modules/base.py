@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from lightning import LightningDataModule
+from sdcd.callbacks.checkpoint import ResumableDataLoader
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -107,7 +108,9 @@ class IndexedDataModule(LightningDataModule):
                 f"data.batch_size={batch_size} is larger than the {split} split ({n} sequences) with "
                 f"drop_last=True: every batch would be dropped. Use a smaller batch or more data."
             )
-        return DataLoader(
+        # the training order is a function of (seed, epoch) and resumes mid-epoch (see ResumableDataLoader)
+        loader = ResumableDataLoader if split == "train" else DataLoader
+        return loader(
             IndexDataset(n, split),
             batch_size=batch_size,
             shuffle=shuffle,

@@ -19,8 +19,20 @@ import yaml
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from sdcd import runs
+from sdcd.callbacks.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointMetadata,
+    RNGStateCallback,
+    check_checkpoint,
+    keep_previous_metrics,
+    load_checkpoint_for_check,
+    resolve_ckpt_path,
+    run_dir_of,
+)
 from sdcd.callbacks.shuffle import ShuffleCallback
 
 
@@ -117,11 +129,24 @@ EVAL_ARGS = ("judge_path", "eval_repeats", "eval_every_n_epochs", "eval_val_sequ
 
 class SDCDCLI(LightningCLI):
     run_dir: Path | None = None
+    resume_dir: Path | None = None  # the run directory a resumed fit goes on in
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning replaces the model config by the checkpoint's hyperparameters (so the architecture
-        # matches the weights); keep the evaluation settings the user asked for on top of that.
         sub = self.config.get("subcommand")
+        if not sub:
+            return
+        # --ckpt_path: "last", a run directory or a file (sdcd.callbacks.checkpoint.resolve_ckpt_path)
+        config = self.config[sub]
+        experiment = config.get("experiment_name") or runs.experiment_name(config.get("config"))
+        root = config["trainer"].get("default_root_dir") or runs.RUNS_ROOT
+        ckpt = resolve_ckpt_path(config.get("ckpt_path"), experiment, root, sub,
+                                 os.environ.get(runs.RUN_DIR_ENV))
+        config["ckpt_path"] = ckpt  # written back: config.yaml records the checkpoint the run started from
+        if sub == "fit" or not (ckpt and os.path.isfile(ckpt)):
+            return  # resuming: the config must fit the checkpoint; before_fit refuses one that does not
+        load_checkpoint_for_check(ckpt)  # a clear error for an unreadable file
+        # Evaluating: Lightning replaces the model config by the checkpoint's hyperparameters (so the
+        # architecture matches the weights); keep the evaluation settings the user asked for on top of that.
         init = self.config[sub].get("model", {}).get("init_args") if sub else None
         keep = {k: init[k] for k in EVAL_ARGS if init is not None and k in init}
         super()._parse_ckpt_path()
@@ -152,6 +177,20 @@ class SDCDCLI(LightningCLI):
         if not config.get("experiment_name"):
             # written back so that the saved config.yaml, run again, lands under the same experiment
             config["experiment_name"] = runs.experiment_name(config.get("config"))
+        ckpt = config.get("ckpt_path") if self.subcommand == "fit" else None
+        run_dir = run_dir_of(ckpt) if ckpt and os.path.isfile(ckpt) else None
+        if run_dir is not None and run_dir.parent.name == config["experiment_name"]:
+            self.resume_dir = run_dir  # a resumed fit goes on in its run directory
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse reports an error raised in a model/data __init__ as "Does not validate against
+            # any of the Union subtypes ..." with the class's own message (naming the argument) as cause
+            if isinstance(err.__cause__, (ValueError, TypeError, OSError)):
+                raise err.__cause__ from None
+            raise
 
     def instantiate_trainer(self, **kwargs):
         """Builds the Trainer inside the run dir, with the default loggers when the config leaves them unset.
@@ -161,7 +200,10 @@ class SDCDCLI(LightningCLI):
         """
         trainer_config = self._get(self.config_init, "trainer", default={})
         experiment = self._get(self.config, "experiment_name")
-        self.run_dir = runs.resolve_run_dir(experiment, trainer_config.get("default_root_dir"))
+        if self.resume_dir is not None and not os.environ.get(runs.RUN_DIR_ENV):
+            self.run_dir = self.resume_dir  # DDP children get it from the environment like any run dir
+        else:
+            self.run_dir = runs.resolve_run_dir(experiment, trainer_config.get("default_root_dir"))
         os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # DDP children inherit it; main() restores it
         fast_dev_run = bool(trainer_config.get("fast_dev_run"))
         if not fast_dev_run:
@@ -172,6 +214,9 @@ class SDCDCLI(LightningCLI):
             kwargs["logger"] = default_loggers(self.run_dir, experiment, fast_dev_run=fast_dev_run)
         kwargs["default_root_dir"] = str(self.run_dir)
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks[:0] = [RNGStateCallback(), CheckpointMetadata(experiment)]  # before ModelCheckpoint
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # unless the config chose another IO
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for checkpoint in trainer.checkpoint_callbacks:
             if checkpoint.dirpath is None:
                 checkpoint.dirpath = os.path.realpath(self.run_dir / "checkpoints")
@@ -183,6 +228,27 @@ class SDCDCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint is not None and bool(getattr(checkpoint, "best_model_path", ""))
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+
+    def _check_checkpoint(self, stage: str) -> None:
+        """Refuse a checkpoint of another experiment or model config before anything is written."""
+        ckpt = self._get(self.config, "ckpt_path")
+        if ckpt and os.path.isfile(ckpt):
+            experiment = self._get(self.config, "experiment_name")
+            checkpoint = load_checkpoint_for_check(ckpt)
+            check_checkpoint(checkpoint, self.model, self.datamodule, experiment, ckpt, stage)
+        if stage == "fit" and self.run_dir == self.resume_dir and rank_zero_only.rank == 0:
+            kept = keep_previous_metrics(self.run_dir)  # the CSVLogger would delete it
+            if kept is not None:
+                runs.say(f"resuming: the metrics logged before are now in {runs.display_path(kept)}")
+
+    def before_fit(self) -> None:
+        self._check_checkpoint("fit")
+
+    def before_validate(self) -> None:
+        self._check_checkpoint("validate")
+
+    def before_test(self) -> None:
+        self._check_checkpoint("test")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SDCDCLI:

@@ -123,9 +123,11 @@ class SDCD(LightningModule):
         for name, value in [("n_frames", n_frames - 1), ("latent_dim", latent_dim), ("lr", lr),
                             ("eval_repeats", eval_repeats), ("eval_val_sequences", eval_val_sequences)]:
             if value <= 0:
-                raise ValueError(f"model.{name} must be positive (n_frames ≥ 2), got {locals()[name]}")
+                hint = " (at least 2 frames)" if name == "n_frames" else ""
+                raise ValueError(f"model.{name} must be positive{hint}, got {locals()[name]}")
         for name, value in [("kl_weight", kl_weight), ("flow_weight", flow_weight), ("grad_clip_norm", grad_clip_norm),
-                            ("dynamic_prior_weight", dynamic_prior_weight), ("feature_noise", feature_noise)]:
+                            ("dynamic_prior_weight", dynamic_prior_weight), ("feature_noise", feature_noise),
+                            ("eval_every_n_epochs", eval_every_n_epochs)]:
             if value < 0:
                 raise ValueError(f"model.{name} must be ≥ 0, got {value}")
         self.save_hyperparameters()
