@@ -268,6 +268,12 @@ class VisualCallback(Callback):
         # trainer.log_dir broadcasts: resolve it here, on every rank, never inside the rank-0 branch.
         self._run_dir = self.out_dir or (None if trainer.fast_dev_run else run_dir(trainer))
 
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # `make eval CKPT=…`: pictures go next to metrics.json, in the checkpoint's run directory (known
+        # once the checkpoint is restored; called on every rank, so the log_dir fallback may broadcast)
+        if not self.out_dir and not trainer.fast_dev_run and hasattr(pl_module, "results_dir"):
+            self._run_dir = str(pl_module.results_dir())
+
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
         self._remember(trainer, "val", batch, dataloader_idx)

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import EXPERIMENTS, ROOT
+
 from sdcd.cli import main
 
 EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
@@ -87,3 +87,11 @@ def test_make_train_runs_and_rejects_unknown_experiments():
     bad = subprocess.run(env_args + ["train", "EXP=no_such_exp"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0
     assert "unknown experiment EXP='no_such_exp'" in bad.stderr and "dsprites_cond_shuffle" in bad.stderr
+
+
+def test_make_train_lpc_shuffle_fast_dev_run_as_documented():
+    """The issue's literal command, from ../shared/data/lpc-sprites, at the config's real batch size."""
+    out = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "train", "EXP=lpc_shuffle",
+                          "ARGS=--trainer.fast_dev_run=true"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "max_steps=1" in out.stdout + out.stderr  # Lightning's fast_dev_run message: one step ran

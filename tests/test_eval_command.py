@@ -7,8 +7,8 @@ import os
 import subprocess
 
 import torch
-
 from conftest import ROOT
+
 from sdcd.cli import main
 from sdcd.judge import Judge, data_signature, save_judge
 
@@ -17,9 +17,10 @@ def test_make_eval_writes_metrics_into_the_run_dir(in_tmp):
     run_dir = in_tmp / "runs" / "tiny" / "run-a"
     os.environ["SDCD_RUN_DIR"] = str(run_dir)
     try:
-        cli = main(["fit", "--config", "experiments/tiny.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+        cli = main(["fit", "--config", "experiments/tiny.yaml", "--trainer.max_steps=2",
+                    "--trainer.limit_val_batches=0",
                     "--trainer.callbacks=[]", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                    "--trainer.callbacks.save_last=true"])
+                    "--trainer.callbacks.save_last=true", "--trainer.callbacks+=sdcd.callbacks.visual.VisualCallback"])
     finally:
         del os.environ["SDCD_RUN_DIR"]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -32,7 +33,8 @@ def test_make_eval_writes_metrics_into_the_run_dir(in_tmp):
 
     env = {**os.environ, "WANDB_MODE": "disabled", "LOGGER": "csv"}
     out = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "eval", f"CKPT={ckpt}",
-                          f"ARGS=--model.judge_path={judge_path} --model.eval_repeats=2 --trainer.enable_progress_bar=false"],
+                          f"ARGS=--model.judge_path={judge_path} --model.eval_repeats=2 "
+                          "--trainer.enable_progress_bar=false"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     data = json.loads((run_dir / "metrics.json").read_text())
@@ -41,6 +43,7 @@ def test_make_eval_writes_metrics_into_the_run_dir(in_tmp):
         assert 0.0 <= data["metrics"][f"{test}/acc/static"]["mean"] <= 1.0
         assert data["metrics"][f"{test}/n/sequences"]["mean"] == 32  # the whole tiny test split
     assert "| swap | acc/static |" in (run_dir / "metrics.md").read_text()
+    assert (run_dir / "pictures" / "swap_test.png").is_file()  # the pictures land there too
 
 
 def test_make_eval_without_a_checkpoint_is_a_clear_error(tmp_path):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from sdcd.data_modules.base import Factor, IndexedDataModule
 from torch import nn
 
-from sdcd.data_modules.base import Factor, IndexedDataModule
 from sdcd.evaluation import derangement, evaluate, peers_protocol, write_results
 
 FACTORS = (Factor("colour", 4, True), Factor("shape", 3, True), Factor("pos", 5, False, ordinal=True))
@@ -54,7 +54,8 @@ class OracleJudge(nn.Module):
 
     def forward(self, x):
         code = (x[:, :, 0, 0, :3] * 10).round().long()  # (B, T, 3)
-        return [nn.functional.one_hot(code[:, 0, 0], 4).float() * 50, nn.functional.one_hot(code[:, 0, 1], 3).float() * 50,
+        return [nn.functional.one_hot(code[:, 0, 0], 4).float() * 50,
+                nn.functional.one_hot(code[:, 0, 1], 3).float() * 50,
                 nn.functional.one_hot(code[:, :, 2], 5).float() * 50]
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from lightning import Callback, Trainer
+from test_shuffle import RandomFrames
 
 from sdcd.model import SDCD, NonFiniteLossError
-from test_shuffle import RandomFrames
 
 
 class Poison(SDCD):

@@ -9,7 +9,8 @@ from conftest import ROOT
 
 def test_wheel_contents(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = tmp_path.glob("sdcd-*.whl")

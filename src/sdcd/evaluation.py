@@ -193,10 +193,12 @@ def peers_protocol(model, datamodule, judge, factor: str = "action", repeats: in
     labels = torch.cat([datamodule.batch("test", idx)["labels"][:, 0, i] for idx in torch.arange(n).split(512)])
     counts = torch.bincount(labels, minlength=datamodule.factors[i].n_classes)
     m = int(counts[counts > 0].min())
-    keep = torch.cat([torch.nonzero(labels == c).flatten()[:m] for c in range(len(counts)) if counts[c] > 0]).sort().values
+    present = [c for c in range(len(counts)) if counts[c] > 0]
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:m] for c in present]).sort().values
     batches = [b for b in keep.split(batch_size) if len(b) == batch_size]  # drop_last
     if not batches:
-        raise ValueError(f"peers protocol: the balanced subset ({len(keep)} sequences) is smaller than one batch of {batch_size}")
+        raise ValueError(f"peers protocol: the balanced subset ({len(keep)} sequences) is smaller than one "
+                         f"batch of {batch_size}")
     was_training = model.training
     model.eval()
     per_repeat = []

@@ -175,7 +175,8 @@ class SDCD(LightningModule):
         b, t, _ = f_t.shape
         if self.shuffle_mode == "batch":  # one permutation for the whole batch (the paper)
             return f_t[:, torch.randperm(t, device=f_t.device)]
-        gen = self.shuffle_generator if self.shuffle_generator is not None and self.shuffle_generator.device == f_t.device else None
+        gen = self.shuffle_generator
+        gen = gen if gen is not None and gen.device == f_t.device else None
         keys = torch.rand(b, t, device=f_t.device, generator=gen)
         perm = keys.argsort(dim=1)  # one permutation per sequence
         return torch.gather(f_t, 1, repeat(perm, "b t -> b t d", d=f_t.shape[-1]))
@@ -286,7 +287,8 @@ class SDCD(LightningModule):
         # The recipe's clipping is a model hyperparameter; an explicit Trainer setting still wins.
         val = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip_norm
         if gradient_clip_algorithm not in (None, "norm"):
-            raise ValueError(f"SDCD clips gradients by norm; trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}")
+            raise ValueError(
+                f"SDCD clips gradients by norm; trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}")
         params = [p for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=val or float("inf"), foreach=True)
         self._skip_if_nonfinite(optimizer, norm)
@@ -313,7 +315,8 @@ class SDCD(LightningModule):
         if int(self._guard["streak"]) >= k:  # one host sync every k steps, never inside the step
             g = self._guard
             names = [name for name, b in zip(GUARDED_TERMS, g["culprit"].tolist()) if b]
-            what = f"non-finite loss term(s) {', '.join(names)}" if names else "a non-finite gradient (finite loss terms)"
+            what = (f"non-finite loss term(s) {', '.join(names)}" if names
+                    else "a non-finite gradient (finite loss terms)")
             raise NonFiniteLossError(
                 f"{int(g['streak'])} consecutive training steps had a non-finite loss or gradient (none of them "
                 f"changed the weights); it started at step {int(g['streak_start'])} with {what}. "
@@ -344,7 +347,8 @@ class SDCD(LightningModule):
         if wants_judge and self.judge is None and getattr(dm, "factors", ()):
             if hp.judge_path is None:
                 if stage == "fit":
-                    raise ValueError("model.eval_every_n_epochs > 0 needs model.judge_path (a judge file for this data)")
+                    raise ValueError(
+                        "model.eval_every_n_epochs > 0 needs model.judge_path (a judge file for this data)")
                 rank_zero_info("sdcd: no model.judge_path set: test reports reconstruction only, no judge metrics")
                 return
             from sdcd.judge import load_judge  # checks the judge was trained on this data config
