@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from sdcd.metrics import JudgeMetrics
+from sdcd.runs import atomic_write_text
 
 TESTS = ("swap", "sample_dynamics", "sample_static", "paired")
 
@@ -272,26 +271,13 @@ def per_factor_table(results: dict[str, dict[str, float]], factors) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(run_dir: Path, results: dict, factors, meta: dict) -> tuple[Path, Path]:
     """`metrics.json` (all metrics, mean ± std) and `metrics.md` (readable tables) in `run_dir`."""
     run_dir = Path(run_dir)
     json_path, md_path = run_dir / "metrics.json", run_dir / "metrics.md"
-    write_atomic(json_path, json.dumps({**meta, "metrics": results}, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(json_path, json.dumps({**meta, "metrics": results}, indent=2, sort_keys=True) + "\n")
     title = f"{meta.get('experiment', '')} — {meta.get('checkpoint', '')}".strip(" —")
     md = markdown_table(results, title) + "\n" + per_factor_table(results, factors)
     md += f"\n{meta.get('repeats', '?')} repeats over the {meta.get('split', 'test')} split; mean ± std over repeats.\n"
-    write_atomic(md_path, md)
+    atomic_write_text(md_path, md)
     return json_path, md_path
