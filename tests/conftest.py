@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,3 @@ def in_tmp(tmp_path, monkeypatch):
     (tmp_path / "experiments").symlink_to(EXPERIMENTS)
     return tmp_path
 
-
-def python() -> str:
-    return sys.executable
