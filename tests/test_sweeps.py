@@ -99,7 +99,8 @@ def test_one_point_fits_with_fast_dev_run_then_tests(name, in_tmp, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     sweep = sweeps.load_sweep(EXPERIMENTS / "sweeps" / f"{name}.yaml")
     argv = agent_command(sweep, sweeps.grid_points(sweep)[-1])
-    fast = ["--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", *SMALL_DATA]
+    # no judge file exists here: the point is the fit → test chaining (evaluation without judge metrics)
+    fast = ["--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", "--model.judge_path=null", *SMALL_DATA]
     cli = main(["fit", *cli_args(argv), *fast])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert cli.trainer.state.fn == "test"  # --test_after_fit ran the evaluation after fit
