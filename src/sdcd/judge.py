@@ -22,7 +22,6 @@ import dataclasses
 import inspect
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from sdcd.callbacks.checkpoint import atomic_torch_save
 from sdcd.data_modules.base import Factor
 from sdcd.metrics import FactorScores, distributed_valid_mask
 
@@ -245,7 +245,6 @@ def save_judge(
 ) -> Path:
     """Write a judge file atomically (temp file in the same folder, then os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "format": JUDGE_FORMAT,
         "version": JUDGE_FORMAT_VERSION,
@@ -255,20 +254,7 @@ def save_judge(
         "test_scores": dict(test_scores or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a judge file is an ordinary artefact
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(record, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(record, path)
     return path
 
 
