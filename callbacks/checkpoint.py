@@ -338,6 +338,8 @@ def check_checkpoint(
         if saved and current and saved != current:
             raise ValueError(f"{name} was trained with {what} class {saved}, but this run's {what} is "
                              f"{current}")
+    if datamodule is not None and hasattr(module, "build_for"):  # weights made from the data (JudgeModule)
+        module.build_for(datamodule, stage)
     hparams = _differing(dict(checkpoint.get("hyper_parameters") or {}), dict(getattr(module, "hparams", {})))
     shapes = _shape_differences(checkpoint.get("state_dict") or {}, module.state_dict())
     if shapes:

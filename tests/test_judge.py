@@ -266,3 +266,19 @@ def test_narrow_sprites_judge_learns_the_action(in_tmp, one_thread):
     assert scores["acc/action"] >= 0.99
     for f in cli.datamodule.static_factors:
         assert scores[f"acc/{f.name}"] >= 3 / f.n_classes, f.name  # learnt: well above chance
+
+
+def test_judge_training_resumes_from_its_checkpoint(in_tmp, one_thread):
+    # the judge's weights are built from the data at setup, so the checkpoint check must build them first
+    small = ["--data.n_train=64", "--data.n_val=16", "--data.n_test=16", "--data.batch_size=16",
+             "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    ckpt_cb = ('--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
+               '"init_args": {"dirpath": "ckpts", "save_last": true}}]')
+    first = main(["fit", "--config", "experiments/tiny_judge.yaml", "--trainer.max_epochs=1",
+                  "--trainer.enable_checkpointing=true", ckpt_cb, "--model.judge_path=j1.pt", *small])
+    assert first.trainer.global_step == 4 and (in_tmp / "ckpts" / "last.ckpt").is_file()
+    resumed = main(["fit", "--config", "experiments/tiny_judge.yaml", "--trainer.max_epochs=2",
+                    "--trainer.enable_checkpointing=true", ckpt_cb, "--model.judge_path=j2.pt",
+                    "--ckpt_path=ckpts/last.ckpt", *small])
+    assert resumed.trainer.global_step == 8  # continued from step 4, not from scratch
+    assert (in_tmp / "j2.pt").is_file()

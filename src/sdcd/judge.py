@@ -370,9 +370,13 @@ class JudgeModule(LightningModule):
 
     # -- building ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        self.build_for(self.trainer.datamodule if self._trainer is not None else None, stage)
+
+    def build_for(self, dm: Any, stage: str = "fit") -> None:
+        """Build the judge for data module `dm` (its factors and frame shape); a no-op once built.
+        Also called before a checkpoint is checked against this module, whose weights exist only then."""
         if self.judge is not None:
             return
-        dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not getattr(dm, "factors", None):
             raise ValueError(
                 "JudgeModule needs a data module with labelled `factors` (pass data: in the config)"
