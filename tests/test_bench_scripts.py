@@ -115,34 +115,18 @@ def _untrained_tiny_judge(path: Path, n_train: int) -> None:
     save_judge(judge, path, data_signature(dm))
 
 
-def test_time_to_accuracy_stops_at_the_target(in_tmp):
-    _untrained_tiny_judge(in_tmp / "judge.pt", n_train=32)
-    # target 0: reached at the first evaluation, so training stops after epoch 1 of 5
-    record = time_to_accuracy.main(
-        [
-            "--config",
-            "small",
-            "--judge",
-            "judge.pt",
-            "--variant",
-            "eager_fp32",
-            "--target",
-            "0",
-            "--eval-every",
-            "1",
-            "--eval-sequences",
-            "16",
-            "--max-epochs",
-            "5",
-            "--no-test",
-            "--json",
-            "tta.json",
-            "--root-dir",
-            str(in_tmp),
-            "--",
-            "--data.n_train=32",
-        ]
+def _time_to_accuracy(root, *options: str) -> dict:
+    """time_to_accuracy on the small config with the untrained tiny judge, 32 sequences, no test."""
+    _untrained_tiny_judge(root / "judge.pt", n_train=32)
+    return time_to_accuracy.main(
+        ["--config", "small", "--judge", "judge.pt", "--variant", "eager_fp32", "--eval-sequences", "16",
+         "--max-epochs", "5", "--no-test", "--root-dir", str(root), *options, "--", "--data.n_train=32"]
     )
+
+
+def test_time_to_accuracy_stops_at_the_target(in_tmp):
+    # target 0: reached at the first evaluation, so training stops after epoch 1 of 5
+    record = _time_to_accuracy(in_tmp, "--target", "0", "--eval-every", "1", "--json", "tta.json")
     assert record["epochs"] == 1 and record["steps"] == 2  # 32 sequences / batch 16
     assert record["reached"] == record["progress"][0] and len(record["progress"]) == 1
     point = record["reached"]
@@ -152,33 +136,8 @@ def test_time_to_accuracy_stops_at_the_target(in_tmp):
 
 
 def test_time_to_accuracy_stops_on_its_clock(in_tmp):
-    _untrained_tiny_judge(in_tmp / "judge.pt", n_train=32)
     # an unreachable target and a zero budget: stops after the first epoch, evaluated, with the reason
-    record = time_to_accuracy.main(
-        [
-            "--config",
-            "small",
-            "--judge",
-            "judge.pt",
-            "--variant",
-            "eager_fp32",
-            "--target",
-            "1.01",
-            "--eval-every",
-            "10",
-            "--eval-sequences",
-            "16",
-            "--max-train-s",
-            "0",
-            "--max-epochs",
-            "5",
-            "--no-test",
-            "--root-dir",
-            str(in_tmp),
-            "--",
-            "--data.n_train=32",
-        ]
-    )
+    record = _time_to_accuracy(in_tmp, "--target", "1.01", "--eval-every", "10", "--max-train-s", "0")
     assert record["reached"] is None and record["epochs"] == 1
     assert len(record["progress"]) == 1 and "--max-train-s" in record["stopped"]
 

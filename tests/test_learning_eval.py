@@ -28,8 +28,9 @@ def train_judge(path: str) -> dict[str, float]:
     return torch.load(path, weights_only=True)["test_scores"]
 
 
-def shuffle_experiment(judge_path: str, every: int, steps: int | None = None, repeats: int = 2) -> dict:
-    """Train dsprites_small with `shuffle.every=every`, then run the protocol on the test split."""
+def shuffle_experiment(judge_path: str, every: int, steps: int | None = None, repeats: int = 2):
+    """Train dsprites_small with `shuffle.every=every`, then run the protocol on the test split.
+    Returns (results, the data module)."""
     args = ["--config", "experiments/dsprites_small.yaml", f"--shuffle.every={every}",
             "--trainer.limit_val_batches=0", "--trainer.callbacks=[]", *QUIET]
     if steps is not None:
@@ -37,14 +38,13 @@ def shuffle_experiment(judge_path: str, every: int, steps: int | None = None, re
     cli = main(args, run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     judge = load_judge(judge_path, cli.datamodule)
-    return evaluate(cli.model, cli.datamodule, judge, split="test", repeats=repeats)
+    return evaluate(cli.model, cli.datamodule, judge, split="test", repeats=repeats), cli.datamodule
 
 
 def chance_accuracy(datamodule, split: str = "test") -> dict[str, float]:
     """Accuracy of output that ignores the input: each sequence's labels judged against those of a
     random other sequence (per factor, P(label_A = label_C) over the split, all frames). This is the
     swap test's score for a generator whose codes carry nothing, given the data's label frequencies."""
-    datamodule.setup("test")
     labels = datamodule.batch(split, list(range(datamodule.split_size(split))))["labels"].numpy()  # (N, T, F)
     out = {}
     for i, f in enumerate(datamodule.factors):
@@ -65,9 +65,8 @@ def test_shuffled_small_model_disentangles(in_tmp):
     # the judge must read real test sequences well where the model is asked to transfer a factor
     assert real["acc/color"] > 0.95 and real["acc/scale"] > 0.8, real
     assert real["acc/posX"] > 0.5 and real["acc/posY"] > 0.5, real
-    res = shuffle_experiment(judge_path, every=1)
-    cli = main(["--config", "experiments/dsprites_small.yaml"], run=False)
-    chance = chance_accuracy(cli.datamodule)  # static ≈ 0.222, dynamic ≈ 0.042 (orientation, posX, posY)
+    res, datamodule = shuffle_experiment(judge_path, every=1)
+    chance = chance_accuracy(datamodule)  # static ≈ 0.222, dynamic ≈ 0.042 (orientation, posX, posY)
     static, dynamic = res["swap/acc/static"]["mean"], res["swap/acc/dynamic"]["mean"]
     assert static > 2.5 * chance["static"], (static, chance)
     assert dynamic > 3 * chance["dynamic"], (dynamic, chance)
@@ -86,10 +85,10 @@ if __name__ == "__main__":  # the comparison: python tests/test_learning_eval.py
         names = ["color", "shape", "scale", "orientation", "posX", "posY", "static", "dynamic"]
         rows = {"judge on real test": {k: real[f"acc/{k}"] for k in names}}
         for every in (1, 0):
-            res = shuffle_experiment("judge.pt", every, steps)
+            res, datamodule = shuffle_experiment("judge.pt", every, steps)
             for test in ("swap", "paired", "sample_dynamics", "sample_static"):
                 rows[f"{test}, shuffle.every={every}"] = {k: res[f"{test}/acc/{k}"]["mean"] for k in names}
-        chance = chance_accuracy(main(["--config", "experiments/dsprites_small.yaml"], run=False).datamodule)
+        chance = chance_accuracy(datamodule)
         rows["chance (labels of a random other sequence)"] = {k: chance[k] for k in names}
         print(json.dumps(rows, indent=1))
         print("| | " + " | ".join(names) + " |")
