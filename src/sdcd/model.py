@@ -31,6 +31,8 @@ from sdcd.networks import (
 )
 
 SHUFFLE_MODES = ("batch", "sequence")
+STAGES = ("joint", "autoencoder", "disentangle")
+AUTOENCODER = ("encoder", "mean_net", "decoder")  # the frame autoencoder's submodules
 GUARDED_TERMS = ("sse", "kl", "nll_flow", "nll_prior")  # the optimised loss terms
 
 
@@ -86,6 +88,14 @@ class SDCD(LightningModule):
         eval_val_sequences: Size of that fixed validation subset (its first N sequences).
         peers_protocol: At test time also run the C-DSVAE/SPYL/DBSE variant on this factor's head
             (e.g. "action" on Sprites); None = off.
+        stage: "joint" trains everything at once (the paper; the autoencoder still learns from the
+            reconstruction only, because its features are detached). The two-stage recipe splits
+            that in two runs: "autoencoder" trains only the frame autoencoder (reconstruction), and
+            "disentangle" trains only the static encoder, static prior, flow and LSTM prior on the
+            features of the frozen autoencoder loaded from `autoencoder_checkpoint` (the paper
+            figure's "fixed encoder"); its steps skip the decoder and every conv backward pass.
+        autoencoder_checkpoint: For stage "disentangle": a checkpoint (of any stage) whose frame
+            encoder, mean net and decoder are loaded and frozen when fit starts from scratch.
     """
 
     def __init__(
@@ -118,8 +128,15 @@ class SDCD(LightningModule):
         eval_every_n_epochs: int = 0,
         eval_val_sequences: int = 1024,
         peers_protocol: str | None = None,
+        stage: str = "joint",
+        autoencoder_checkpoint: str | None = None,
     ):
         super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"model.stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        if stage == "disentangle" and not autoencoder_checkpoint:
+            raise ValueError("model.stage=disentangle needs model.autoencoder_checkpoint (a checkpoint of a "
+                             "stage=autoencoder or joint run)")
         for name, value in [("n_frames", n_frames - 1), ("latent_dim", latent_dim), ("lr", lr),
                             ("eval_repeats", eval_repeats), ("eval_val_sequences", eval_val_sequences)]:
             if value <= 0:
@@ -148,6 +165,9 @@ class SDCD(LightningModule):
         self.judge = None  # loaded at setup from judge_path; deliberately not a submodule
         self.eval_results: dict[str, dict[str, float]] = {}
         self._compiled_loss_terms = None  # torch.compile(self.loss_terms), made by configure_model
+        if stage == "disentangle":
+            for name in AUTOENCODER:
+                getattr(self, name).requires_grad_(False)
 
     # ---------------------------------------------------------------- building blocks
     def frame_features(self, x: torch.Tensor, noise: bool = True) -> torch.Tensor:
@@ -185,9 +205,17 @@ class SDCD(LightningModule):
     def loss_terms(self, x: torch.Tensor, shuffle: bool) -> dict[str, torch.Tensor]:
         """All loss terms for a batch x: (B, T, C, H, W); each summed over a sequence, batch-averaged."""
         hp = self.hparams
-        e = self.frame_features(x)
-        recon = self.decode_features(e)
-        sse = ((recon.float() - x.float()) ** 2).flatten(1).sum(1).mean()
+        frozen = hp.stage == "disentangle"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            e = self.frame_features(x)
+        if frozen and self.training:  # the frozen decoder has nothing to learn: skip it
+            sse = e.new_zeros((), dtype=torch.float32)
+        else:
+            recon = self.decode_features(e)
+            sse = ((recon.float() - x.float()) ** 2).flatten(1).sum(1).mean()
+        if hp.stage == "autoencoder":
+            zero = torch.zeros_like(sse)
+            return {"loss": sse, "sse": sse, "kl": zero, "nll_flow": zero, "nll_prior": zero}
 
         e_in = e.detach()  # disentanglement gradients never reach the frame autoencoder
         f_t, mu, var = self.static_posterior(e_in)
@@ -281,7 +309,24 @@ class SDCD(LightningModule):
 
     def configure_optimizers(self):
         # fused: one kernel per step, and its found_inf input lets the guard skip a step without a sync
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+        params = [p for p in self.parameters() if p.requires_grad]  # not the frozen autoencoder
+        return torch.optim.Adam(params, lr=self.hparams.lr, fused=True)
+
+    def load_autoencoder(self, path: str | os.PathLike) -> None:
+        """Copy the frame encoder, mean net and decoder weights from an SDCD checkpoint file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.autoencoder_checkpoint='{path}' does not exist (expected the .ckpt "
+                                    f"file of a stage=autoencoder or joint run)")
+        state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+        for name in AUTOENCODER:
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            try:
+                getattr(self, name).load_state_dict(part)
+            except RuntimeError as err:
+                raise ValueError(f"model.autoencoder_checkpoint='{path}': its {name} does not fit this model "
+                                 f"(same base_channels, latent_dim, frame_size and channels needed): "
+                                 f"{str(err).splitlines()[0]}") from None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # The recipe's clipping is a model hyperparameter; an explicit Trainer setting still wins.
@@ -330,6 +375,9 @@ class SDCD(LightningModule):
         self.shuffle_generator = torch.Generator(device=self.device).manual_seed(seed * 1000 + self.global_rank)
 
     def setup(self, stage: str) -> None:
+        if (stage == "fit" and self.hparams.stage == "disentangle" and self._trainer is not None
+                and not self.trainer.ckpt_path):  # a resumed run has the frozen weights in its checkpoint
+            self.load_autoencoder(self.hparams.autoencoder_checkpoint)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
