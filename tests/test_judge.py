@@ -282,3 +282,34 @@ def test_judge_training_resumes_from_its_checkpoint(in_tmp, one_thread):
                     "--ckpt_path=ckpts/last.ckpt", *small])
     assert resumed.trainer.global_step == 8  # continued from step 4, not from scratch
     assert (in_tmp / "j2.pt").is_file()
+
+
+def test_public_sprites_judge_file_loads_with_heads_mapped_to_sdcd_factors(tmp_path):
+    from helpers.public_judge import write_public_judge
+
+    from sdcd.data_modules.sprites import SpritesDataModule
+    from sdcd.judge import load_judge
+
+    path = tmp_path / "sprite_judge.tar"
+    public = write_public_judge(path)
+    assert sum(p.numel() for p in public.parameters()) == 5_263_073  # the published judge's size
+    judge = load_judge(path, None)
+    assert [f.name for f in judge.factors] == [f.name for f in SpritesDataModule.factors]
+    x = torch.rand(3, 8, 3, 64, 64)
+    with torch.no_grad():
+        action, skin, pants, top, hair = public(x)
+        mine = judge(x)
+    for got, want in zip(mine, [skin, pants, top, hair, action], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_public_sprites_judge_is_refused_for_other_data(tmp_path):
+    from helpers.public_judge import write_public_judge
+
+    from sdcd.data_modules.base import Factor
+    from sdcd.judge import public_sprites_judge
+
+    write_public_judge(tmp_path / "j.tar")
+    state = torch.load(tmp_path / "j.tar", weights_only=True)["state_dict"]
+    with pytest.raises(ValueError, match="scores Sprites only"):
+        public_sprites_judge(state, [Factor("color", 6, True)], "j.tar")

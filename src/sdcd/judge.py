@@ -258,6 +258,17 @@ def save_judge(
     return path
 
 
+def _read_public_judge(path: Path, map_location) -> dict[str, Tensor] | None:
+    """The public judge's weights if `path` is one, else None (an sdcd judge file, or not a judge)."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:
+        return None  # read_judge_record reports what is wrong with it
+    if isinstance(obj, dict) and obj.get("format") == JUDGE_FORMAT:
+        return None
+    return _public_state(obj)
+
+
 def read_judge_record(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw judge file contents (weights, arch, data record, test scores), validated."""
     path = Path(path)
@@ -274,6 +285,54 @@ def read_judge_record(path: str | os.PathLike, map_location: str | torch.device 
             f"judge file '{path}' has format version {record.get('version')}, expected {JUDGE_FORMAT_VERSION}"
         )
     return record
+
+
+# The public Sprites judge of C-DSVAE/SPYL/DBSE (`sprite_judge.tar`, class `classifier_Sprite_all`,
+# 5,263,073 parameters): the same network as `Judge` at the reference widths, under other names, and
+# with its heads in the order (action, skin, pants, top, hair). sdcd's Sprites factor order is
+# (skin, pants, top, hair, action): each sdcd factor and the name of its public head.
+PUBLIC_SPRITES_HEADS = {"skin": "cls_skin", "pants": "cls_pant", "top": "cls_top", "hair": "cls_hair",
+                        "action": "cls_action"}
+
+
+def _public_state(obj: Any) -> dict[str, Tensor] | None:
+    """The public judge's state dict inside a loaded file (raw, under 'state_dict', DataParallel's
+    'module.' prefix removed), or None if `obj` is not such a file."""
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        return None
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
+    return state if "cls_action.0.weight" in state and "bilstm.weight_ih_l0" in state else None
+
+
+def public_sprites_judge(state: dict[str, Tensor], factors: Sequence[Factor], path: str | os.PathLike = "") -> Judge:
+    """A `Judge` with the weights of the public Sprites judge, heads mapped to sdcd's factor order."""
+    names = [f.name for f in factors]
+    if sorted(names) != sorted(PUBLIC_SPRITES_HEADS):
+        raise ValueError(f"'{path}' is the public Sprites judge (C-DSVAE's sprite_judge.tar); it scores Sprites "
+                         f"only (factors {list(PUBLIC_SPRITES_HEADS)}), not data with factors {names}")
+    judge = Judge(factors, frame_size=64, in_channels=3, base_channels=64, embed_dim=128, hidden_size=256,
+                  head_hidden=256, sequence_level_factors=["action"])
+    mapped = {}
+    for k, v in state.items():
+        part, _, rest = k.partition(".")
+        if part == "encoder":  # encoder.c<i>.main.<j> (blocks 1-4) and encoder.c5.<j> → encoder.net.<3(i-1)+j>
+            block, _, tail = rest.partition(".")
+            tail = tail.removeprefix("main.")
+            j, _, leaf = tail.partition(".")
+            mapped[f"encoder.net.{3 * (int(block[1:]) - 1) + int(j)}.{leaf}"] = v
+        elif part == "bilstm":
+            mapped[f"lstm.{rest}"] = v
+        else:
+            for i, name in enumerate(names):
+                if part == PUBLIC_SPRITES_HEADS[name]:
+                    mapped[f"heads.{i}.{rest}"] = v
+    try:
+        judge.load_state_dict(mapped)
+    except RuntimeError as err:
+        raise ValueError(f"'{path}' looks like the public Sprites judge but its weights do not fit "
+                         f"classifier_Sprite_all: {str(err).splitlines()[0]}") from None
+    return judge
 
 
 def load_judge(
@@ -298,6 +357,11 @@ def load_judge(
             f"no judge file at '{path}'. Train one with `make judge DATA={hint}` "
             f"(it writes the judge_path set in experiments/judge_{hint}.yaml)."
         )
+    public = _read_public_judge(path, map_location)
+    if public is not None:  # the peers' judge: no data record, so check the factors only
+        factors = getattr(datamodule, "factors", None) or [Factor(n, 9 if n == "action" else 6, n != "action")
+                                                              for n in PUBLIC_SPRITES_HEADS]
+        return public_sprites_judge(public, factors, path).to(map_location).eval()
     record = read_judge_record(path, map_location)
     if datamodule is not None:
         want, have, skip = data_signature(datamodule), record["data"], set(ignore)

@@ -59,6 +59,7 @@ class SDCD(LightningModule):
         base_channels: Width of the first encoder conv; later ones double (64 → 64,128,256,512).
         latent_dim: D, the size of frame features, static code and dynamic codes (128).
         static_hidden: Hidden width of the static encoder MLP (128).
+        static_encoder: "mlp" (the paper) or "linear": the per-frame static encoder's form.
         flow_layers: Affine coupling layers in the conditional flow h, after its temporal layer (8).
         flow_hidden: Hidden width of the flow conditioners (256).
         temporal_layer: Use h's temporal affine layer conditioned on the previous frame (the paper's h).
@@ -106,6 +107,7 @@ class SDCD(LightningModule):
         base_channels: int = 64,
         latent_dim: int = 128,
         static_hidden: int = 128,
+        static_encoder: str = "mlp",
         flow_layers: int = 8,
         flow_hidden: int = 256,
         temporal_layer: bool = True,
@@ -152,7 +154,7 @@ class SDCD(LightningModule):
         self.encoder = FrameEncoder(frame_size, channels, base_channels, d)
         self.mean_net = torch.nn.Linear(d, d)
         self.decoder = FrameDecoder(frame_size, channels, base_channels, d)
-        self.static_encoder = StaticEncoder(d, static_hidden, d)
+        self.static_encoder = StaticEncoder(d, static_hidden, d, static_encoder)
         self.static_prior = StaticPrior(d, prior_layers, prior_hidden)
         self.flow = ConditionalFlow(d, flow_layers, flow_hidden, temporal_layer)
         self.dynamic_prior = LSTMPrior(d, lstm_hidden, lstm_layers)
@@ -217,19 +219,27 @@ class SDCD(LightningModule):
             zero = torch.zeros_like(sse)
             return {"loss": sse, "sse": sse, "kl": zero, "nll_flow": zero, "nll_prior": zero}
 
-        e_in = e.detach()  # disentanglement gradients never reach the frame autoencoder
+        terms = self.disentanglement_terms(e.detach(), shuffle)  # its gradients never reach the autoencoder
+        terms["loss"] = sse + terms["loss"]
+        terms["sse"] = sse
+        return terms
+
+    def disentanglement_terms(self, e_in: torch.Tensor, shuffle: bool) -> dict[str, torch.Tensor]:
+        """The static KL and flow terms on (detached) frame features e_in: (B, T, D); "loss" is their
+        weighted sum, without the reconstruction."""
+        hp = self.hparams
         f_t, mu, var = self.static_posterior(e_in)
         f = mu + var.sqrt() * torch.randn_like(mu)
         kl = (gaussian_log_prob(f, mu, var) - self.static_prior.log_prob(f)).mean()
 
-        t = x.shape[1]
+        t = e_in.shape[1]
         aggregated = repeat(f, "b d -> b t d", t=t)
         context = self.permute_frames(f_t) if shuffle else aggregated
         lam, log_p = self.flow.inverse_and_log_prob(e_in, context)
         nll_flow = -log_p.mean()
         nll_prior = -self.dynamic_prior.log_prob(lam.detach()).mean()
-        loss = sse + hp.kl_weight * kl + hp.flow_weight * (nll_flow + hp.dynamic_prior_weight * nll_prior)
-        terms = {"loss": loss, "sse": sse, "kl": kl, "nll_flow": nll_flow, "nll_prior": nll_prior}
+        loss = hp.kl_weight * kl + hp.flow_weight * (nll_flow + hp.dynamic_prior_weight * nll_prior)
+        terms = {"loss": loss, "kl": kl, "nll_flow": nll_flow, "nll_prior": nll_prior}
         if shuffle:  # the aggregated-code NLL is what evaluation uses: log it, don't optimise it
             with torch.no_grad():
                 terms["nll_flow_aggregated"] = -self.flow.inverse_and_log_prob(e_in, aggregated)[1].mean()

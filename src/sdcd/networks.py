@@ -57,12 +57,25 @@ class FrameDecoder(nn.Module):
         return self.net(z[:, :, None, None])
 
 
-class StaticEncoder(nn.Module):
-    """q(f_t | x_t) per frame: trunk Linear-LayerNorm-GELU-Linear-LayerNorm, then SiLU-Linear heads for
-    the mean and the log-variance. (..., D) → mean, logvar: (..., D_f)."""
+STATIC_ENCODERS = ("mlp", "linear")
 
-    def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 128):
+
+class StaticEncoder(nn.Module):
+    """q(f_t | x_t) per frame. (..., D) → mean, logvar: (..., D_f).
+
+    "mlp" (the paper): trunk Linear-LayerNorm-GELU-Linear-LayerNorm, then SiLU-Linear heads for the
+    mean and the log-variance. "linear": mean = W·x_t + b and logvar = W'·x_t + b' — a code that is
+    constant over a sequence can then only hold what is linearly invariant to the frame-to-frame
+    changes of the features (see the README's Sprites section for why and what it measures)."""
+
+    def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 128, kind: str = "mlp"):
         super().__init__()
+        if kind not in STATIC_ENCODERS:
+            raise ValueError(f"model.static_encoder must be one of {', '.join(STATIC_ENCODERS)}, got {kind!r}")
+        if kind == "linear":
+            self.trunk = nn.Identity()
+            self.mean, self.logvar = nn.Linear(in_dim, out_dim), nn.Linear(in_dim, out_dim)
+            return
         self.trunk = nn.Sequential(
             nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden)
         )
@@ -78,11 +91,13 @@ def product_of_gaussians(mean: torch.Tensor, logvar: torch.Tensor, floor: float)
     """Aggregate frame posteriors N(μ_t, σ_t²) over time by precision weighting.
 
     mean, logvar: (B, T, D) → (B, D) mean and variance of ∏_t N(μ_t, σ_t²) (normalised), with the
-    variance floored at `floor`.
+    returned variance floored at `floor`. The mean uses the exact (unfloored) variance: with tiny
+    per-frame variances a floored one would scale the mean up (T=8, μ_t=1, logvar=−12 → 1.30).
     """
     precision = torch.exp(-logvar.float())  # float32: a sum of 16 precisions overflows fp16 easily
-    var = (1.0 / precision.sum(dim=1)).clamp_min(floor)
-    return var * (precision * mean.float()).sum(dim=1), var
+    total = precision.sum(dim=1)
+    mean = (precision * mean.float()).sum(dim=1) / total
+    return mean, (1.0 / total).clamp_min(floor)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,72 @@
+"""SDCD (src/sdcd/model.py): the two-stage recipe (stage=autoencoder, then stage=disentangle)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdcd.cli import main
+from sdcd.model import SDCD
+
+TINY = ["--config", "experiments/tiny.yaml", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+
+
+def test_autoencoder_stage_optimises_the_reconstruction_only(tiny_model_kwargs):
+    model = SDCD(**tiny_model_kwargs, stage="autoencoder")
+    x = torch.rand(2, 4, 3, 32, 32)
+    terms = model.loss_terms(x, shuffle=True)
+    assert terms["loss"] is terms["sse"] and terms["kl"] == 0 and terms["nll_flow"] == 0
+    terms["loss"].backward()
+    assert all(p.grad is None for p in model.flow.parameters())
+    assert all(p.grad is not None for p in model.decoder.parameters())
+
+
+def test_disentangle_stage_skips_the_decoder_and_freezes_the_autoencoder(tiny_model_kwargs, tmp_path):
+    ae = SDCD(**tiny_model_kwargs, stage="autoencoder")
+    torch.save({"state_dict": ae.state_dict()}, tmp_path / "ae.ckpt")
+    model = SDCD(**tiny_model_kwargs, stage="disentangle", autoencoder_checkpoint=str(tmp_path / "ae.ckpt"))
+    model.load_autoencoder(tmp_path / "ae.ckpt")
+    torch.testing.assert_close(model.encoder.state_dict(), ae.encoder.state_dict())
+    opt = model.configure_optimizers()
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for p in [*model.encoder.parameters(), *model.decoder.parameters()])
+    assert all(id(p) in in_opt for p in model.flow.parameters())
+    model.train()
+    terms = model.loss_terms(torch.rand(2, 4, 3, 32, 32), shuffle=True)
+    assert terms["sse"] == 0  # not decoded in training
+    terms["loss"].backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.static_encoder.parameters())
+
+
+def test_two_stage_recipe_through_the_cli(in_tmp):
+    main(["fit", *TINY, "--model.stage=autoencoder", "--trainer.max_steps=3", "--shuffle.every=0"])
+    (ae_ckpt,) = Path(in_tmp).glob("runs/tiny/*/checkpoints/last.ckpt")
+    ae = torch.load(ae_ckpt, weights_only=False)["state_dict"]
+    main(["fit", *TINY, "--model.stage=disentangle", f"--model.autoencoder_checkpoint={ae_ckpt}",
+          "--trainer.max_steps=3"])
+    (ckpt2,) = [p for p in Path(in_tmp).glob("runs/tiny/*/checkpoints/last.ckpt") if p != ae_ckpt]
+    state = torch.load(ckpt2, weights_only=False)["state_dict"]
+    for k in ae:
+        if k.split(".")[0] in ("encoder", "mean_net", "decoder"):
+            torch.testing.assert_close(state[k], ae[k])  # frozen: exactly the stage-1 weights
+    flow_changed = [not torch.equal(state[k], ae[k]) for k in ae if k.startswith("flow.")]
+    assert any(flow_changed)  # while the flow trained
+
+
+def test_disentangle_stage_needs_an_autoencoder_checkpoint(tiny_model_kwargs, tmp_path):
+    with pytest.raises(ValueError, match="model.stage=disentangle needs model.autoencoder_checkpoint"):
+        SDCD(**tiny_model_kwargs, stage="disentangle")
+    with pytest.raises(ValueError, match="model.stage must be one of joint, autoencoder, disentangle"):
+        SDCD(**tiny_model_kwargs, stage="both")
+    model = SDCD(**tiny_model_kwargs, stage="disentangle", autoencoder_checkpoint=str(tmp_path / "none.ckpt"))
+    with pytest.raises(FileNotFoundError, match="none.ckpt' does not exist"):
+        model.load_autoencoder(tmp_path / "none.ckpt")
+
+
+def test_autoencoder_of_another_width_is_refused(tiny_model_kwargs, tmp_path):
+    ae = SDCD(**{**tiny_model_kwargs, "base_channels": 16}, stage="autoencoder")
+    torch.save({"state_dict": ae.state_dict()}, tmp_path / "ae.ckpt")
+    model = SDCD(**tiny_model_kwargs, stage="disentangle", autoencoder_checkpoint=str(tmp_path / "ae.ckpt"))
+    with pytest.raises(ValueError, match="its encoder does not fit this model"):
+        model.load_autoencoder(tmp_path / "ae.ckpt")

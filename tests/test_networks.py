@@ -1,0 +1,40 @@
+import math
+
+import pytest
+import torch
+
+from sdcd.networks import StaticEncoder, product_of_gaussians
+
+
+def test_product_of_gaussians_matches_the_closed_form():
+    mean = torch.tensor([[[1.0], [3.0]]])  # (B=1, T=2, D=1)
+    logvar = torch.log(torch.tensor([[[1.0], [3.0]]]))
+    mu, var = product_of_gaussians(mean, logvar, floor=1e-6)
+    # precisions 1 and 1/3: var = 1 / (4/3) = 0.75; mean = 0.75 · (1·1 + 3/3) = 1.5
+    assert var.item() == pytest.approx(0.75)
+    assert mu.item() == pytest.approx(1.5)
+
+
+def test_product_of_gaussians_keeps_the_mean_when_variances_are_tiny():
+    # T=8 frames that all say μ=1 with variance e^-12: the product's mean is 1, whatever the floor.
+    mean = torch.ones(2, 8, 4)
+    logvar = torch.full((2, 8, 4), -12.0)
+    mu, var = product_of_gaussians(mean, logvar, floor=1e-6)
+    torch.testing.assert_close(mu, torch.ones(2, 4))
+    assert torch.all(var == 1e-6)  # only the returned variance is floored (exact: e^-12 / 8 ≈ 7.7e-7)
+    assert math.exp(-12) / 8 < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_static_encoder_kinds(kind):
+    enc = StaticEncoder(16, 8, 6, kind)
+    mean, logvar = enc(torch.randn(3, 5, 16))
+    assert mean.shape == logvar.shape == (3, 5, 6)
+    if kind == "linear":  # affine in its input
+        a, b = torch.randn(16), torch.randn(16)
+        torch.testing.assert_close(enc(a + b)[0] - enc(b)[0], enc(a)[0] - enc(torch.zeros(16))[0])
+
+
+def test_static_encoder_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="model.static_encoder must be one of mlp, linear"):
+        StaticEncoder(16, 8, 6, "conv")
