@@ -6,6 +6,7 @@ Tests (each over a whole split, repeated R times with fresh random draws; mean �
                      judged against A, dynamic factors against B.
     sample_dynamics  A's static code, dynamics drawn from the LSTM prior. Static factors judged against
                      A; IS / H on the dynamic heads measure the diversity of the sampled dynamics.
+    sample_dynamics_mean  the same with the prior's per-step *means* (the peers' static test).
     sample_static    A's posterior-mean dynamics (no feature noise, mean static code), static code drawn
                      from the RealNVP prior (the peers' main "action" test). Dynamic factors judged
                      against A; IS / H on the static heads.
@@ -32,12 +33,13 @@ from torch import Tensor
 from sdcd.metrics import JudgeMetrics
 from sdcd.runs import atomic_write_text
 
-TESTS = ("swap", "sample_dynamics", "sample_static", "paired")
+TESTS = ("swap", "sample_dynamics", "sample_dynamics_mean", "sample_static", "paired")
 
 # What each test is about: the keys shown in tables (all keys are logged and written to metrics.json).
 HEADLINE = {
     "swap": ["acc/static", "acc/dynamic"],
     "sample_dynamics": ["acc/static"],
+    "sample_dynamics_mean": ["acc/static"],
     "sample_static": ["acc/dynamic"],
     "paired": ["acc/static", "acc/dynamic"],
 }
@@ -69,6 +71,9 @@ def generate(model, test: str, batch: dict, partner: dict | None = None) -> tupl
     if test == "sample_dynamics":
         f = model.encode(x).f
         return model.decode(f, model.sample_dynamics(x.shape[0], x.shape[1]).to(f.dtype)), labels
+    if test == "sample_dynamics_mean":
+        f = model.encode(x).f
+        return model.decode(f, model.sample_dynamics(x.shape[0], x.shape[1], mean=True).to(f.dtype)), labels
     if test == "sample_static":
         lam = model.encode(x, mean=True).lam
         return model.decode(model.sample_static(x.shape[0]).to(lam.dtype), lam), labels
@@ -271,6 +276,18 @@ def per_factor_table(results: dict[str, dict[str, float]], factors) -> str:
     return "\n".join(lines) + "\n"
 
 
+def probe_table(results: dict[str, dict[str, float]], factors) -> str:
+    """Linear-probe accuracy of every factor from f and from the time-mean of λ (Markdown), or ""."""
+    if f"probe/f/{factors[0].name}" not in results:
+        return ""
+    lines = ["| linear probe (train → test) | " + " | ".join(f.name for f in factors) + " |",
+             "| --- |" + " ---: |" * len(factors)]
+    for code, what in (("f", "from the static code f"), ("lam", "from the time-mean of λ")):
+        cells = [f"{100 * results[f'probe/{code}/{f.name}']['mean']:.2f}%" for f in factors]
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(run_dir: Path, results: dict, factors, meta: dict) -> tuple[Path, Path]:
     """`metrics.json` (all metrics, mean ± std) and `metrics.md` (readable tables) in `run_dir`."""
     run_dir = Path(run_dir)
@@ -278,6 +295,8 @@ def write_results(run_dir: Path, results: dict, factors, meta: dict) -> tuple[Pa
     atomic_write_text(json_path, json.dumps({**meta, "metrics": results}, indent=2, sort_keys=True) + "\n")
     title = f"{meta.get('experiment', '')} — {meta.get('checkpoint', '')}".strip(" —")
     md = markdown_table(results, title) + "\n" + per_factor_table(results, factors)
+    probes = probe_table(results, factors)
+    md += "\n" + probes if probes else ""
     md += f"\n{meta.get('repeats', '?')} repeats over the {meta.get('split', 'test')} split; mean ± std over repeats.\n"
     atomic_write_text(md_path, md)
     return json_path, md_path

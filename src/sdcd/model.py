@@ -89,6 +89,8 @@ class SDCD(LightningModule):
         eval_val_sequences: Size of that fixed validation subset (its first N sequences).
         peers_protocol: At test time also run the C-DSVAE/SPYL/DBSE variant on this factor's head
             (e.g. "action" on Sprites); None = off.
+        eval_probes: At test time also fit linear probes of every factor from f and from the time-mean
+            of λ on the training split, scored on the test split (`sdcd.probes`; leakage at a glance).
         stage: "joint" trains everything at once (the paper; the autoencoder still learns from the
             reconstruction only, because its features are detached). The two-stage recipe splits
             that in two runs: "autoencoder" trains only the frame autoencoder (reconstruction), and
@@ -130,6 +132,7 @@ class SDCD(LightningModule):
         eval_every_n_epochs: int = 0,
         eval_val_sequences: int = 1024,
         peers_protocol: str | None = None,
+        eval_probes: bool = True,
         stage: str = "joint",
         autoencoder_checkpoint: str | None = None,
     ):
@@ -286,6 +289,11 @@ class SDCD(LightningModule):
         if hp.peers_protocol and t.is_global_zero:
             results.update(peers_protocol(self, t.datamodule, self.judge, hp.peers_protocol, hp.eval_repeats,
                                           progress=True))
+        if hp.eval_probes and t.is_global_zero and "train" in getattr(t.datamodule, "splits", ("train",)):
+            from sdcd.probes import linear_probes
+
+            probes = linear_probes(self, t.datamodule, "train", "test", max_train=10_000)
+            results.update({k: {"mean": v, "std": 0.0} for k, v in probes.items()})
         self.eval_results = results
         self.log_dict({f"eval/{k}": v["mean"] for k, v in results.items()}, rank_zero_only=True)
         self.log_dict({f"eval/{k}_std": v["std"] for k, v in results.items()}, rank_zero_only=True)
