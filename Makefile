@@ -22,7 +22,7 @@ RUNS ?=
 OUT ?=
 ID ?=
 
-.PHONY: help install train print-config judge eval report sweep agent sweep-local test test-full lint clean \
+.PHONY: reproduce-cpu help install train print-config judge eval report sweep agent sweep-local test test-full lint clean \
 	check-exp check-sweep bench gpu-prepare gpu-rehearse bench-dsprites bench-sprites bench-video
 
 help: ## Show this help
@@ -69,6 +69,9 @@ agent: $(STAMP) ## Take runs of a W&B sweep (on any number of machines): make ag
 
 sweep-local: $(STAMP) check-sweep ## Run a sweep's grid here, no W&B server: make sweep-local SWEEP=<name> ARGS="…"
 	$(PY) -m sdcd.sweeps local experiments/sweeps/$(SWEEP).yaml -- $(ARGS)
+
+reproduce-cpu: $(STAMP) ## Sprites on a CPU end to end: judge, autoencoder, shuffle (SEEDS="0 1 2"), no-shuffle, protocol, table
+	PY=$(PY) bash experiments/reproduce_cpu.sh
 
 bench: $(STAMP) ## Training-step benchmark here: make bench ARGS="--config dsprites sprites --batch 2"
 	$(PY) bench/train_step.py $(ARGS)

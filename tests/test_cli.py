@@ -34,6 +34,16 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
     args = ["fit", "--config", f"experiments/{name}.yaml", "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu"]
     if _needs_small_batch(name):
         args += SMALL_BATCH
+    model_args = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())["model"].get("init_args", {})
+    if model_args.get("stage") == "disentangle":  # stage 2 needs a stage-1 checkpoint: an untrained one
+        import torch
+
+        from sdcd.model import SDCD
+
+        keys = ("n_frames", "frame_size", "base_channels", "latent_dim")
+        ae = SDCD(**{k: model_args[k] for k in keys if k in model_args}, stage="autoencoder")
+        torch.save({"state_dict": ae.state_dict()}, in_tmp / "ae.ckpt")
+        args += [f"--model.autoencoder_checkpoint={in_tmp / 'ae.ckpt'}"]
     if name.startswith("video"):
         args = [a for a in args if "eval_batch_size" not in a]
         args += [f"--data.root={_video_folder(in_tmp / 'videos')}", "--data.num_workers=0", "--data.val_fraction=0.25"]
@@ -95,3 +105,13 @@ def test_make_train_lpc_shuffle_fast_dev_run_as_documented():
                           "ARGS=--trainer.fast_dev_run=true"], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "max_steps=1" in out.stdout + out.stderr  # Lightning's fast_dev_run message: one step ran
+
+
+@pytest.mark.parametrize("shuffle_name", sorted(p.stem for p in EXPERIMENTS.glob("*_shuffle*.yaml")
+                                                if (EXPERIMENTS / p.name.replace("_shuffle", "_noshuffle")).exists()))
+def test_each_noshuffle_config_differs_from_its_shuffle_config_only_in_shuffle_every(shuffle_name):
+    shuffle = yaml.safe_load((EXPERIMENTS / f"{shuffle_name}.yaml").read_text())
+    noshuffle = yaml.safe_load((EXPERIMENTS / f"{shuffle_name.replace('_shuffle', '_noshuffle')}.yaml").read_text())
+    assert shuffle["shuffle"]["every"] >= 1 and noshuffle["shuffle"]["every"] == 0
+    shuffle["shuffle"].pop("every"), noshuffle["shuffle"].pop("every")
+    assert shuffle == noshuffle

@@ -101,3 +101,16 @@ def test_runs_as_a_module_without_importing_torch(two_runs, tmp_path):
                           timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "| 0.9912 ± 0.0011 |" in proc.stdout and proc.stdout.rstrip().endswith("False")
+
+
+def test_by_experiment_gives_mean_and_std_over_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = fake_run(tmp_path, "s0", {"swap/acc/static": {"mean": 0.90, "std": 0.01}}, experiment="lpc_shuffle_cpu")
+    b = fake_run(tmp_path, "s1", {"swap/acc/static": {"mean": 0.96, "std": 0.02}}, experiment="lpc_shuffle_cpu")
+    c = fake_run(tmp_path, "n0", {"swap/acc/static": {"mean": 0.50, "std": 0.0}}, experiment="lpc_noshuffle_cpu")
+    runs = [report.load_metrics(p) for p in (a, b, c)]
+    lines = report.compare_by_experiment(runs).splitlines()
+    assert lines[0] == "| experiment | runs | swap/acc/static |"
+    # mean of 0.90 and 0.96 = 0.93; sample std = 0.06 / sqrt(2) = 0.0424
+    assert lines[2] == "| lpc_shuffle_cpu | 2 | 0.9300 ± 0.0424 |"
+    assert lines[3] == "| lpc_noshuffle_cpu | 1 | 0.5000 ± 0.0000 |"

@@ -10,6 +10,8 @@ the evaluation writes into the run directory::
      "metrics": {"swap/acc/static": {"mean": float, "std": float}, ...}}
 
 Rows are runs, columns the metrics present in any of them (mean ± std; "—" where a run lacks one).
+`--by-experiment` makes one row per experiment instead: the mean ± std over its runs (e.g. training
+seeds) of each run's mean, with the number of runs.
 """
 
 from __future__ import annotations
@@ -116,14 +118,39 @@ def compare(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
     return markdown_table(["run", "experiment", *names], rows)
 
 
+def compare_by_experiment(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
+    """One row per experiment: mean ± std (over its runs) of each run's mean; std 0 for a single run."""
+    table = compare(runs, patterns)  # checks the patterns, fixes the column order
+    names = [c.strip() for c in table.splitlines()[0].strip("|").split("|")][2:]
+    groups: dict[str, list[RunMetrics]] = {}
+    for run in runs:
+        groups.setdefault(run.experiment or MISSING, []).append(run)
+    rows = []
+    for exp, members in groups.items():
+        cells = []
+        for n in names:
+            vals = [r.metrics[n][0] for r in members if n in r.metrics]
+            if not vals:
+                cells.append(MISSING)
+                continue
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            cells.append(format_mean_std(mean, std))
+        rows.append([exp, str(len(members)), *cells])
+    return markdown_table(["experiment", "runs", *names], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdcd.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories or metrics.json files")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--metrics", nargs="+", metavar="PATTERN", help="only these, e.g. 'swap/acc/*'")
+    parser.add_argument("--by-experiment", action="store_true",
+                        help="one row per experiment: mean ± std over its runs (e.g. seeds)")
     args = parser.parse_args(argv)
     try:
-        table = compare([load_metrics(arg) for arg in args.runs], args.metrics)
+        runs = [load_metrics(arg) for arg in args.runs]
+        table = (compare_by_experiment if args.by_experiment else compare)(runs, args.metrics)
     except MetricsFileError as err:
         print(f"sdcd.report: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make reproduce-cpu`: the Sprites CPU result end to end, in one folder (default runs/reproduce-cpu):
+#   1. the CPU judge (experiments/judge_sprites_cpu.yaml → judges/sprites_cpu.pt; kept if present)
+#   2. stage 1: the frame autoencoder (experiments/lpc_autoencoder_cpu.yaml)
+#   3. stage 2 with the shuffle, one run per seed (experiments/lpc_shuffle_cpu.yaml), then the protocol
+#   4. stage 2 without the shuffle (experiments/lpc_noshuffle_cpu.yaml), then the protocol
+#   5. one Markdown table, mean ± std over seeds: <folder>/table.md
+# A step whose result exists is skipped, and an interrupted run resumes from its last.ckpt, so
+# running it again continues where it stopped. SEEDS="0 1 2" and OUT=<folder> override the defaults;
+# ARGS are passed to every stage-2 run (e.g. ARGS="--trainer.max_steps=500").
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/reproduce-cpu}
+SEEDS=${SEEDS:-0 1 2}
+NOSHUFFLE_SEEDS=${NOSHUFFLE_SEEDS:-${SEEDS%% *}}
+JUDGE=${JUDGE:-judges/sprites_cpu.pt}
+read -r -a EXTRA <<< "${ARGS:-}"
+mkdir -p "$OUT"
+log() { echo "reproduce-cpu: $*"; }
+
+fit() {  # fit <run dir> <config> [args...]: train into an exact run dir, resuming if it was interrupted
+  local dir=$1 cfg=$2; shift 2
+  local resume=()
+  if [ -f "$dir/done" ]; then log "$dir: done, skipped"; return; fi
+  if [ -f "$dir/checkpoints/last.ckpt" ]; then resume=(--ckpt_path "$dir/checkpoints/last.ckpt"); fi
+  log "training $dir ($cfg)"
+  SDCD_RUN_DIR=$dir "$PY" -m sdcd fit --config "$cfg" "$@" "${resume[@]}"
+  touch "$dir/done"
+}
+
+evaluate() {  # evaluate <run dir>: the full protocol on the test split → <run dir>/metrics.json
+  local dir=$1
+  if [ -f "$dir/metrics.json" ]; then log "$dir: evaluated, skipped"; return; fi
+  SDCD_RUN_DIR=$dir "$PY" -m sdcd test --config "$dir/config.yaml" --ckpt_path "$dir/checkpoints/last.ckpt" \
+    --model.judge_path="$JUDGE"
+}
+
+if [ ! -f "$JUDGE" ]; then
+  log "training the CPU judge → $JUDGE"
+  "$PY" -m sdcd fit --config experiments/judge_sprites_cpu.yaml --model.judge_path="$JUDGE"
+fi
+fit "$OUT/autoencoder" experiments/lpc_autoencoder_cpu.yaml
+AE="$OUT/autoencoder/checkpoints/last.ckpt"
+for seed in $SEEDS; do
+  fit "$OUT/shuffle-seed$seed" experiments/lpc_shuffle_cpu.yaml --seed_everything="$seed" \
+    --model.autoencoder_checkpoint="$AE" --model.judge_path="$JUDGE" "${EXTRA[@]}"
+  evaluate "$OUT/shuffle-seed$seed"
+done
+for seed in $NOSHUFFLE_SEEDS; do
+  fit "$OUT/noshuffle-seed$seed" experiments/lpc_noshuffle_cpu.yaml \
+    --seed_everything="$seed" --model.autoencoder_checkpoint="$AE" --model.judge_path="$JUDGE" "${EXTRA[@]}"
+  evaluate "$OUT/noshuffle-seed$seed"
+done
+"$PY" -m sdcd.report --by-experiment "$OUT"/*-seed*/ --out "$OUT/table.md" \
+  --metrics 'swap/acc/*' 'sample_static/acc/*' 'sample_dynamics_mean/acc/static' 'probe/f/*' 'probe/lam/*' \
+  'peers/acc/action'
+log "wrote $OUT/table.md"
