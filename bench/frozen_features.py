@@ -58,6 +58,24 @@ def feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 2
     return torch.cat(feats), torch.cat(labels)
 
 
+@torch.no_grad()
+def augmented_feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 256, seed: int = 0):
+    """(N, T, D) feature means of each sequence with its RGB channels permuted by a random non-identity
+    permutation (one per sequence): colours change, shapes and motion do not."""
+    perms = [p for p in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))][1:]
+    g = torch.Generator().manual_seed(seed)
+    n = dm.split_size(split)
+    feats = []
+    for i in range(0, n, batch):
+        x = dm.batch(split, torch.arange(i, min(n, i + batch)))["x"]
+        choice = torch.randint(0, len(perms), (len(x),), generator=g)
+        idx = torch.tensor(perms)[choice]  # (B, 3)
+        x = torch.gather(x, 2, idx[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats.append(model.frame_features(x, noise=False).float())
+    return torch.cat(feats)
+
+
 def fit_probe(x_train, y_train, n_classes, steps=300, hidden=0, lr=1e-2, wd=1e-4):
     """Multinomial logistic regression (hidden=0) or a 1-hidden-layer MLP, full batch, Adam."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
@@ -73,6 +91,13 @@ def fit_probe(x_train, y_train, n_classes, steps=300, hidden=0, lr=1e-2, wd=1e-4
     return lambda x: net((x - mu) / sd).argmax(-1)
 
 
+def aug_codes(model: SDCD, e):
+    """λ given the aggregated static code (a sample), as evaluation computes it."""
+    _, mu, var = model.static_posterior(e)
+    f = mu + var.sqrt() * torch.randn_like(mu)
+    return model.flow.inverse_and_log_prob(e, f[:, None].expand(-1, e.shape[1], -1))[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ae", required=True, help="checkpoint whose frame autoencoder is used (frozen)")
@@ -82,6 +107,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="SDCD hyperparameters, key=value")
     ap.add_argument("--shuffle", type=int, default=1, help="1 = the shuffle constraint on every step, 0 = never")
     ap.add_argument("--eval-every", type=int, default=0, help="also measure every N steps (0 = only at the end)")
+    ap.add_argument("--aug-weight", type=float, default=0.0,
+                    help="weight of the motion-augmentation term: ‖λ(x) − λ(x with its RGB channels permuted)‖²")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -104,6 +131,14 @@ def main() -> None:
         e_train, y_train = feature_means(model, dm, "train")
         e_test, y_test = feature_means(model, dm, "test")
         torch.save((e_train, y_train, e_test, y_test), cache)
+    e_aug = None
+    if args.aug_weight:
+        aug_cache = f"{args.ae}.features-rgbperm.pt"
+        try:
+            e_aug = torch.load(aug_cache)
+        except FileNotFoundError:
+            e_aug = augmented_feature_means(model, dm, "train")
+            torch.save(e_aug, aug_cache)
     names = [f.name for f in dm.factors]
     static = [i for i, f in enumerate(dm.factors) if f.static]
     n_classes = [f.n_classes for f in dm.factors]
@@ -167,6 +202,12 @@ def main() -> None:
         e = e_train[idx] + noise * torch.randn(args.batch, *e_train.shape[1:])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             terms = model.disentanglement_terms(e, shuffle=bool(args.shuffle))
+            if e_aug is not None:  # λ must not change when only the colours do
+                ea = e_aug[idx] + noise * torch.randn_like(e)
+                lam_a = aug_codes(model, e)
+                lam_b = aug_codes(model, ea)
+                terms["aug"] = ((lam_a - lam_b) ** 2).sum((1, 2)).mean()
+                terms["loss"] = terms["loss"] + args.aug_weight * terms["aug"]
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_([p for m in parts for p in m.parameters()], hp.get("grad_clip_norm", 0.5))
