@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=0, help="also measure every N steps (0 = only at the end)")
     ap.add_argument("--aug-weight", type=float, default=0.0,
                     help="weight of the motion-augmentation term: ‖λ(x) − λ(x with its RGB channels permuted)‖²")
+    ap.add_argument("--aug-loss", choices=["mse", "infonce"], default="mse")
+    ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -206,7 +208,13 @@ def main() -> None:
                 ea = e_aug[idx] + noise * torch.randn_like(e)
                 lam_a = aug_codes(model, e)
                 lam_b = aug_codes(model, ea)
-                terms["aug"] = ((lam_a - lam_b) ** 2).sum((1, 2)).mean()
+                if args.aug_loss == "mse":
+                    terms["aug"] = ((lam_a - lam_b) ** 2).sum((1, 2)).mean()
+                else:  # InfoNCE: find each sequence's colour-permuted copy among the batch's, by λ alone
+                    za = F.normalize(lam_a.flatten(1).float(), dim=1)
+                    zb = F.normalize(lam_b.flatten(1).float(), dim=1)
+                    logits = za @ zb.T / args.temperature
+                    terms["aug"] = F.cross_entropy(logits, torch.arange(len(za)))
                 terms["loss"] = terms["loss"] + args.aug_weight * terms["aug"]
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()

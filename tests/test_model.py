@@ -70,3 +70,27 @@ def test_autoencoder_of_another_width_is_refused(tiny_model_kwargs, tmp_path):
     model = SDCD(**tiny_model_kwargs, stage="disentangle", autoencoder_checkpoint=str(tmp_path / "ae.ckpt"))
     with pytest.raises(ValueError, match="its encoder does not fit this model"):
         model.load_autoencoder(tmp_path / "ae.ckpt")
+
+
+def test_permute_colours_changes_colours_never_shapes_or_time():
+    from sdcd.model import permute_colours
+
+    x = torch.rand(64, 4, 3, 8, 8)
+    y = permute_colours(x)
+    for b in range(len(x)):
+        # every frame of a sequence gets the same permutation, and it is never the identity
+        perm = [next(c for c in range(3) if torch.equal(y[b, :, k], x[b, :, c])) for k in range(3)]
+        assert sorted(perm) == [0, 1, 2] and perm != [0, 1, 2]
+
+
+def test_augmentation_term_is_added_in_training_only(tiny_model_kwargs):
+    torch.manual_seed(0)
+    model = SDCD(**{**tiny_model_kwargs, "channels": 3}, augmentation_weight=2.0)
+    x = torch.rand(4, 4, 3, 32, 32)
+    terms = model.loss_terms(x, shuffle=True)
+    assert terms["augmentation"] > 0
+    without = terms["loss"] - 2.0 * terms["augmentation"]
+    torch.testing.assert_close(without, terms["sse"] + 0.2 * terms["kl"] + 20.0 * (
+        terms["nll_flow"] + 0.0025 * terms["nll_prior"]))
+    model.eval()
+    assert "augmentation" not in model.loss_terms(x, shuffle=False)

@@ -36,6 +36,16 @@ AUTOENCODER = ("encoder", "mean_net", "decoder")  # the frame autoencoder's subm
 GUARDED_TERMS = ("sse", "kl", "nll_flow", "nll_prior")  # the optimised loss terms
 
 
+def permute_colours(x: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, C=3, H, W) with each sequence's colour channels permuted by a random non-identity
+    permutation (the same for all its frames): the motion augmentation."""
+    perms = torch.tensor([(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)], device=x.device)
+    if x.shape[2] != 3:
+        raise ValueError(f"model.augmentation_weight > 0 permutes RGB channels: needs 3 channels, got {x.shape[2]}")
+    idx = perms[torch.randint(0, len(perms), (x.shape[0],), device=x.device)]  # (B, 3)
+    return torch.gather(x, 2, idx[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:]))
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after `nonfinite_patience` consecutive non-finite training steps."""
 
@@ -89,6 +99,13 @@ class SDCD(LightningModule):
         eval_val_sequences: Size of that fixed validation subset (its first N sequences).
         peers_protocol: At test time also run the C-DSVAE/SPYL/DBSE variant on this factor's head
             (e.g. "action" on Sprites); None = off.
+        augmentation_weight: Weight of the motion-augmentation term (0 = off, the paper). A departure
+            from the paper, after C-DSVAE's "motion augmentation": each training sequence is also
+            encoded with its RGB channels permuted (a random non-identity permutation per sequence:
+            colours change, shapes and motion do not), and the squared distance between the two
+            sequences' dynamic codes λ (given each one's own aggregated static code), summed over
+            frames and dimensions, is added to the loss with this weight. What it does on Sprites:
+            README, "Sprites on a CPU".
         eval_probes: At test time also fit linear probes of every factor from f and from the time-mean
             of λ on the training split, scored on the test split (`sdcd.probes`; leakage at a glance).
         stage: "joint" trains everything at once (the paper; the autoencoder still learns from the
@@ -132,6 +149,7 @@ class SDCD(LightningModule):
         eval_every_n_epochs: int = 0,
         eval_val_sequences: int = 1024,
         peers_protocol: str | None = None,
+        augmentation_weight: float = 0.0,
         eval_probes: bool = True,
         stage: str = "joint",
         autoencoder_checkpoint: str | None = None,
@@ -149,7 +167,8 @@ class SDCD(LightningModule):
                 raise ValueError(f"model.{name} must be positive{hint}, got {locals()[name]}")
         for name, value in [("kl_weight", kl_weight), ("flow_weight", flow_weight), ("grad_clip_norm", grad_clip_norm),
                             ("dynamic_prior_weight", dynamic_prior_weight), ("feature_noise", feature_noise),
-                            ("eval_every_n_epochs", eval_every_n_epochs)]:
+                            ("eval_every_n_epochs", eval_every_n_epochs),
+                            ("augmentation_weight", augmentation_weight)]:
             if value < 0:
                 raise ValueError(f"model.{name} must be ≥ 0, got {value}")
         self.save_hyperparameters()
@@ -225,7 +244,18 @@ class SDCD(LightningModule):
         terms = self.disentanglement_terms(e.detach(), shuffle)  # its gradients never reach the autoencoder
         terms["loss"] = sse + terms["loss"]
         terms["sse"] = sse
+        if hp.augmentation_weight > 0 and self.training:
+            with torch.no_grad():  # the augmented copy trains the disentanglement part only
+                e_aug = self.frame_features(permute_colours(x))
+            terms["augmentation"] = ((self._dynamics(e.detach()) - self._dynamics(e_aug)) ** 2).sum((1, 2)).mean()
+            terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         return terms
+
+    def _dynamics(self, e: torch.Tensor) -> torch.Tensor:
+        """λ: (B, T, D) of features e given their own aggregated static code (a sample), as evaluation."""
+        _, mu, var = self.static_posterior(e)
+        f = mu + var.sqrt() * torch.randn_like(mu)
+        return self.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=e.shape[1]))[0]
 
     def disentanglement_terms(self, e_in: torch.Tensor, shuffle: bool) -> dict[str, torch.Tensor]:
         """The static KL and flow terms on (detached) frame features e_in: (B, T, D); "loss" is their
