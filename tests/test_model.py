@@ -94,3 +94,13 @@ def test_augmentation_term_is_added_in_training_only(tiny_model_kwargs):
         terms["nll_flow"] + 0.0025 * terms["nll_prior"]))
     model.eval()
     assert "augmentation" not in model.loss_terms(x, shuffle=False)
+
+
+def test_infonce_augmentation_term_is_low_when_copies_match_and_high_when_shuffled(tiny_model_kwargs):
+    model = SDCD(**tiny_model_kwargs, augmentation_weight=1.0, augmentation_temperature=0.1)
+    lam = torch.randn(16, 4, 16)
+    matched = model.augmentation_term(lam, lam)
+    mismatched = model.augmentation_term(lam, lam.roll(1, 0))
+    assert matched < 0.01 and mismatched > 5  # log(16) ≈ 2.8 is chance; a wrong match is far worse
+    mse = SDCD(**tiny_model_kwargs, augmentation_loss="mse").augmentation_term(lam, lam + 1)
+    assert mse.item() == pytest.approx(4 * 16)  # (1)² summed over 4 frames × 16 dims

@@ -102,10 +102,15 @@ class SDCD(LightningModule):
         augmentation_weight: Weight of the motion-augmentation term (0 = off, the paper). A departure
             from the paper, after C-DSVAE's "motion augmentation": each training sequence is also
             encoded with its RGB channels permuted (a random non-identity permutation per sequence:
-            colours change, shapes and motion do not), and the squared distance between the two
-            sequences' dynamic codes λ (given each one's own aggregated static code), summed over
-            frames and dimensions, is added to the loss with this weight. What it does on Sprites:
-            README, "Sprites on a CPU".
+            colours change, shapes and motion do not), and the two copies' dynamic codes λ (each
+            given its own aggregated static code) must agree: `augmentation_loss` says how. The
+            term, times this weight, is added to the loss. What it does on Sprites: README,
+            "Sprites on a CPU".
+        augmentation_loss: "infonce": each sequence's λ must pick out its colour-permuted copy among
+            the batch's (cosine similarity of the flattened λ / `augmentation_temperature`,
+            cross-entropy; C-DSVAE's contrastive form); "mse": the squared distance, summed over
+            frames and dimensions.
+        augmentation_temperature: Temperature of the InfoNCE form.
         eval_probes: At test time also fit linear probes of every factor from f and from the time-mean
             of λ on the training split, scored on the test split (`sdcd.probes`; leakage at a glance).
         stage: "joint" trains everything at once (the paper; the autoencoder still learns from the
@@ -150,11 +155,17 @@ class SDCD(LightningModule):
         eval_val_sequences: int = 1024,
         peers_protocol: str | None = None,
         augmentation_weight: float = 0.0,
+        augmentation_loss: str = "infonce",
+        augmentation_temperature: float = 0.1,
         eval_probes: bool = True,
         stage: str = "joint",
         autoencoder_checkpoint: str | None = None,
     ):
         super().__init__()
+        if augmentation_loss not in ("infonce", "mse"):
+            raise ValueError(f"model.augmentation_loss must be infonce or mse, got {augmentation_loss!r}")
+        if augmentation_temperature <= 0:
+            raise ValueError(f"model.augmentation_temperature must be positive, got {augmentation_temperature}")
         if stage not in STAGES:
             raise ValueError(f"model.stage must be one of {', '.join(STAGES)}, got {stage!r}")
         if stage == "disentangle" and not autoencoder_checkpoint:
@@ -247,9 +258,18 @@ class SDCD(LightningModule):
         if hp.augmentation_weight > 0 and self.training:
             with torch.no_grad():  # the augmented copy trains the disentanglement part only
                 e_aug = self.frame_features(permute_colours(x))
-            terms["augmentation"] = ((self._dynamics(e.detach()) - self._dynamics(e_aug)) ** 2).sum((1, 2)).mean()
+            terms["augmentation"] = self.augmentation_term(self._dynamics(e.detach()), self._dynamics(e_aug))
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         return terms
+
+    def augmentation_term(self, lam: torch.Tensor, lam_aug: torch.Tensor) -> torch.Tensor:
+        """How far the dynamic codes of sequences and of their colour-permuted copies disagree (B, T, D)."""
+        if self.hparams.augmentation_loss == "mse":
+            return ((lam.float() - lam_aug.float()) ** 2).sum((1, 2)).mean()
+        a = torch.nn.functional.normalize(lam.flatten(1).float(), dim=1)
+        b = torch.nn.functional.normalize(lam_aug.flatten(1).float(), dim=1)
+        logits = a @ b.T / self.hparams.augmentation_temperature  # (B, B): row i should pick column i
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
     def _dynamics(self, e: torch.Tensor) -> torch.Tensor:
         """λ: (B, T, D) of features e given their own aggregated static code (a sample), as evaluation."""
