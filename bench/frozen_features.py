@@ -109,6 +109,10 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=0, help="also measure every N steps (0 = only at the end)")
     ap.add_argument("--aug-weight", type=float, default=0.0,
                     help="weight of the motion-augmentation term: ‖λ(x) − λ(x with its RGB channels permuted)‖²")
+    ap.add_argument("--kl-from", type=float, default=None,
+                    help="anneal the KL weight from this value down to kl_weight (log-linear over --kl-steps)")
+    ap.add_argument("--kl-steps", type=int, default=1000)
+    ap.add_argument("--shared-noise", type=int, default=1, help="the augmented copy gets the same feature noise")
     ap.add_argument("--aug-loss", choices=["mse", "infonce"], default="mse")
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--out", default=None)
@@ -201,11 +205,14 @@ def main() -> None:
     torch.set_grad_enabled(True)
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(e_train), (args.batch,))
+        if args.kl_from is not None:
+            frac = min(1.0, step / args.kl_steps)
+            model.hparams.kl_weight = float(args.kl_from * (hp["kl_weight"] / args.kl_from) ** frac)
         e = e_train[idx] + noise * torch.randn(args.batch, *e_train.shape[1:])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             terms = model.disentanglement_terms(e, shuffle=bool(args.shuffle))
             if e_aug is not None:  # λ must not change when only the colours do
-                ea = e_aug[idx] + noise * torch.randn_like(e)
+                ea = e_aug[idx] + (e - e_train[idx] if args.shared_noise else noise * torch.randn_like(e))
                 lam_a = aug_codes(model, e)
                 lam_b = aug_codes(model, ea)
                 if args.aug_loss == "mse":

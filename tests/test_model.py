@@ -43,8 +43,13 @@ def test_two_stage_recipe_through_the_cli(in_tmp):
     main(["fit", *TINY, "--model.stage=autoencoder", "--trainer.max_steps=3", "--shuffle.every=0"])
     (ae_ckpt,) = Path(in_tmp).glob("runs/tiny/*/checkpoints/last.ckpt")
     ae = torch.load(ae_ckpt, weights_only=False)["state_dict"]
-    main(["fit", *TINY, "--model.stage=disentangle", f"--model.autoencoder_checkpoint={ae_ckpt}",
-          "--trainer.max_steps=3"])
+    cli = main(["fit", *TINY, "--model.stage=disentangle", f"--model.autoencoder_checkpoint={ae_ckpt}",
+                "--trainer.max_steps=3", "--model.augmentation_weight=1.0"])
+    model, dm = cli.model, cli.datamodule
+    cached, cached_aug = model.cached_features("train", torch.tensor([0, 5]))  # built at the first step
+    with torch.no_grad():
+        torch.testing.assert_close(cached, model.frame_features(dm.batch("train", [0, 5])["x"], noise=False))
+    assert cached_aug.shape == cached.shape and not torch.allclose(cached_aug, cached)
     (ckpt2,) = [p for p in Path(in_tmp).glob("runs/tiny/*/checkpoints/last.ckpt") if p != ae_ckpt]
     state = torch.load(ckpt2, weights_only=False)["state_dict"]
     for k in ae:

@@ -36,13 +36,15 @@ AUTOENCODER = ("encoder", "mean_net", "decoder")  # the frame autoencoder's subm
 GUARDED_TERMS = ("sse", "kl", "nll_flow", "nll_prior")  # the optimised loss terms
 
 
-def permute_colours(x: torch.Tensor) -> torch.Tensor:
+def permute_colours(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """x: (B, T, C=3, H, W) with each sequence's colour channels permuted by a random non-identity
     permutation (the same for all its frames): the motion augmentation."""
     perms = torch.tensor([(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)], device=x.device)
     if x.shape[2] != 3:
         raise ValueError(f"model.augmentation_weight > 0 permutes RGB channels: needs 3 channels, got {x.shape[2]}")
-    idx = perms[torch.randint(0, len(perms), (x.shape[0],), device=x.device)]  # (B, 3)
+    choice = torch.randint(0, len(perms), (x.shape[0],), generator=generator,
+                           device="cpu" if generator is not None else x.device)
+    idx = perms[choice.to(x.device)]  # (B, 3)
     return torch.gather(x, 2, idx[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:]))
 
 
@@ -121,6 +123,11 @@ class SDCD(LightningModule):
             figure's "fixed encoder"); its steps skip the decoder and every conv backward pass.
         autoencoder_checkpoint: For stage "disentangle": a checkpoint (of any stage) whose frame
             encoder, mean net and decoder are loaded and frozen when fit starts from scratch.
+        feature_cache: For stage "disentangle": compute the frozen autoencoder's feature means of the
+            whole training split once, at the first step (and of one colour-permuted copy of each
+            sequence, fixed per sequence, when augmentation_weight > 0); each step then adds the unit
+            feature noise to its rows, so no pixel is read again. false re-encodes every batch
+            (and draws a fresh permutation each time).
     """
 
     def __init__(
@@ -160,6 +167,7 @@ class SDCD(LightningModule):
         eval_probes: bool = True,
         stage: str = "joint",
         autoencoder_checkpoint: str | None = None,
+        feature_cache: bool = True,
     ):
         super().__init__()
         if augmentation_loss not in ("infonce", "mse"):
@@ -200,6 +208,7 @@ class SDCD(LightningModule):
         self.judge = None  # loaded at setup from judge_path; deliberately not a submodule
         self.eval_results: dict[str, dict[str, float]] = {}
         self._compiled_loss_terms = None  # torch.compile(self.loss_terms), made by configure_model
+        self._features: dict[str, torch.Tensor] = {}  # stage 2's cached feature means (not saved)
         if stage == "disentangle":
             for name in AUTOENCODER:
                 getattr(self, name).requires_grad_(False)
@@ -237,12 +246,16 @@ class SDCD(LightningModule):
         return torch.gather(f_t, 1, repeat(perm, "b t -> b t d", d=f_t.shape[-1]))
 
     # ---------------------------------------------------------------- training objective
-    def loss_terms(self, x: torch.Tensor, shuffle: bool) -> dict[str, torch.Tensor]:
-        """All loss terms for a batch x: (B, T, C, H, W); each summed over a sequence, batch-averaged."""
+    def loss_terms(self, x: torch.Tensor, shuffle: bool, cached: tuple | None = None) -> dict[str, torch.Tensor]:
+        """All loss terms for a batch x: (B, T, C, H, W); each summed over a sequence, batch-averaged.
+        `cached`: stage 2's (feature means, colour-permuted feature means or None) of the batch's rows."""
         hp = self.hparams
         frozen = hp.stage == "disentangle"
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            e = self.frame_features(x)
+        if cached is not None:
+            e = cached[0] + hp.feature_noise * torch.randn_like(cached[0])
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                e = self.frame_features(x)
         if frozen and self.training:  # the frozen decoder has nothing to learn: skip it
             sse = e.new_zeros((), dtype=torch.float32)
         else:
@@ -256,8 +269,11 @@ class SDCD(LightningModule):
         terms["loss"] = sse + terms["loss"]
         terms["sse"] = sse
         if hp.augmentation_weight > 0 and self.training:
-            with torch.no_grad():  # the augmented copy trains the disentanglement part only
-                e_aug = self.frame_features(permute_colours(x))
+            if cached is not None:
+                e_aug = cached[1] + hp.feature_noise * torch.randn_like(cached[1])
+            else:
+                with torch.no_grad():  # the augmented copy trains the disentanglement part only
+                    e_aug = self.frame_features(permute_colours(x))
             terms["augmentation"] = self.augmentation_term(self._dynamics(e.detach()), self._dynamics(e_aug))
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         return terms
@@ -298,9 +314,33 @@ class SDCD(LightningModule):
                 terms["nll_flow_aggregated"] = -self.flow.inverse_and_log_prob(e_in, aggregated)[1].mean()
         return terms
 
+    @torch.no_grad()
+    def cached_features(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage 2: the frozen autoencoder's feature means (B, T, D) of rows `index` of `split` (and of
+        their colour-permuted copies, or None), computed for the whole split on first use."""
+        if split not in self._features:
+            dm = self.trainer.datamodule
+            n, parts, aug = dm.split_size(split), [], []
+            gen = torch.Generator().manual_seed(0)  # one fixed permutation per sequence
+            rank_zero_info(f"sdcd: stage 2: caching the frozen autoencoder's features of the {n} {split} sequences")
+            for rows in torch.arange(n).split(256):
+                x = dm.batch(split, rows, device=self.device)["x"]
+                parts.append(self.frame_features(x, noise=False).float())
+                if self.hparams.augmentation_weight > 0:
+                    aug.append(self.frame_features(permute_colours(x, gen), noise=False).float())
+            self._features[split] = torch.cat(parts)
+            if aug:
+                self._features[split + "/aug"] = torch.cat(aug)
+        index = index.to(self._features[split].device)
+        aug = self._features.get(split + "/aug")
+        return self._features[split][index], None if aug is None else aug[index]
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss_terms = self._compiled_loss_terms or self.loss_terms
-        terms = loss_terms(batch["x"], shuffle=self.shuffle)
+        cached = None
+        if self.hparams.stage == "disentangle" and self.hparams.feature_cache and "index" in batch:
+            cached = self.cached_features(batch.get("split", "train"), batch["index"])
+        terms = loss_terms(batch["x"], shuffle=self.shuffle, cached=cached)
         loss, b = terms.pop("loss"), batch["x"].shape[0]
         # which optimised terms are non-finite: (len(GUARDED_TERMS),) bool, read by the guard below
         self._guard["bad_terms"] = torch.stack([~torch.isfinite(terms[k].detach()) for k in GUARDED_TERMS])
