@@ -113,6 +113,7 @@ def main() -> None:
                     help="anneal the KL weight from this value down to kl_weight (log-linear over --kl-steps)")
     ap.add_argument("--kl-steps", type=int, default=1000)
     ap.add_argument("--shared-noise", type=int, default=1, help="the augmented copy gets the same feature noise")
+    ap.add_argument("--fp32", action="store_true", help="train in float32 instead of bf16 autocast")
     ap.add_argument("--aug-loss", choices=["mse", "infonce"], default="mse")
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--out", default=None)
@@ -209,7 +210,7 @@ def main() -> None:
             frac = min(1.0, step / args.kl_steps)
             model.hparams.kl_weight = float(args.kl_from * (hp["kl_weight"] / args.kl_from) ** frac)
         e = e_train[idx] + noise * torch.randn(args.batch, *e_train.shape[1:])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
             terms = model.disentanglement_terms(e, shuffle=bool(args.shuffle))
             if e_aug is not None:  # λ must not change when only the colours do
                 ea = e_aug[idx] + (e - e_train[idx] if args.shared_noise else noise * torch.randn_like(e))
