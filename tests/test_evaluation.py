@@ -168,3 +168,19 @@ def test_write_results(tmp_path):
     text = md.read_text()
     assert "| swap | acc/static | 100.00% |" in text and "| colour | static |" in text
     assert not list((tmp_path / "run").glob(".*"))  # no temp files left
+
+
+def test_intervention_score_on_hand_computed_accuracies():
+    from sdcd.evaluation import intervention_score, intervention_scores
+
+    # sample_static keeps the dynamics: pos (5 classes) should be right, colour (4) and shape (3) at chance.
+    acc = {"colour": 0.25, "shape": 1 / 3, "pos": 1.0}
+    assert intervention_score(acc, FACTORS, "dynamic") == pytest.approx(1.0)  # ideal
+    acc = {"colour": 1.0, "shape": 1.0, "pos": 0.6}  # statics leak through, dynamics 60%
+    # kept error 0.4; others' errors 0.75 and 2/3 → mean 0.7083; score = 1 − (0.4 + 0.7083) / 2
+    assert intervention_score(acc, FACTORS, "dynamic") == pytest.approx(1 - (0.4 + (0.75 + 2 / 3) / 2) / 2)
+    # swap: every factor follows its source, so the score is 1 − the mean error
+    assert intervention_score({"colour": 0.9, "shape": 0.6, "pos": 0.3}, FACTORS, None) == pytest.approx(0.6)
+    res = {f"sample_dynamics/acc/{k}": {"mean": v, "std": 0.0} for k, v in
+           {"colour": 1.0, "shape": 1.0, "pos": 0.2}.items()}
+    assert intervention_scores(res, FACTORS) == {"sample_dynamics/intervention": {"mean": 1.0, "std": 0.0}}

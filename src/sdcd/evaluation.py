@@ -37,11 +37,11 @@ TESTS = ("swap", "sample_dynamics", "sample_dynamics_mean", "sample_static", "pa
 
 # What each test is about: the keys shown in tables (all keys are logged and written to metrics.json).
 HEADLINE = {
-    "swap": ["acc/static", "acc/dynamic"],
-    "sample_dynamics": ["acc/static"],
-    "sample_dynamics_mean": ["acc/static"],
-    "sample_static": ["acc/dynamic"],
-    "paired": ["acc/static", "acc/dynamic"],
+    "swap": ["acc/static", "acc/dynamic", "intervention"],
+    "sample_dynamics": ["acc/static", "intervention"],
+    "sample_dynamics_mean": ["acc/static", "intervention"],
+    "sample_static": ["acc/dynamic", "intervention"],
+    "paired": ["acc/static", "acc/dynamic", "intervention"],
 }
 
 
@@ -173,10 +173,43 @@ def evaluate(
             continue  # e.g. no twins in this data
         for k, v in _summarise(per_repeat).items():
             results[f"{t}/{k}"] = v
+    results.update(intervention_scores(results, factors))
     if "swap/acc/static" in results and "swap/acc/dynamic" in results:
         s, d = results["swap/acc/static"], results["swap/acc/dynamic"]
         results["swap/acc/static_plus_dynamic"] = {"mean": s["mean"] + d["mean"], "std": math.hypot(s["std"], d["std"])}
     return results
+
+
+# Which factors must follow the code a test keeps ("kept"), and which must not (judged against A, they
+# should be at chance: the code that carries them was resampled).
+_KEPT = {"sample_static": "dynamic", "sample_dynamics": "static", "sample_dynamics_mean": "static"}
+
+
+def intervention_score(acc: dict[str, float], factors, kept: str | None) -> float:
+    """MSD-Benchmark's intervention score for one test: 1 − (mean error on the kept factors + mean
+    error on the others) / 2, where a kept factor's ideal accuracy is 1 and another's is chance
+    (1 / its number of classes); error = |accuracy − ideal|. `kept`: "static", "dynamic", or None
+    when every factor is judged against the source it should follow (swap, paired), so that the
+    score is 1 − the mean error over all factors."""
+    def is_kept(f):
+        return kept is None or f.static == (kept == "static")
+
+    err_kept = [1 - acc[f.name] for f in factors if is_kept(f)]
+    err_other = [abs(acc[f.name] - 1 / f.n_classes) for f in factors if not is_kept(f)]
+    if not err_other:
+        return 1 - sum(err_kept) / len(err_kept)
+    return 1 - (sum(err_kept) / len(err_kept) + sum(err_other) / len(err_other)) / 2
+
+
+def intervention_scores(results: dict[str, dict[str, float]], factors) -> dict[str, dict[str, float]]:
+    """`<test>/intervention` for every test in `results` (computed from the mean accuracies; std 0)."""
+    out = {}
+    for test in TESTS:
+        if f"{test}/acc/{factors[0].name}" not in results:
+            continue
+        acc = {f.name: results[f"{test}/acc/{f.name}"]["mean"] for f in factors}
+        out[f"{test}/intervention"] = {"mean": intervention_score(acc, factors, _KEPT.get(test)), "std": 0.0}
+    return out
 
 
 @torch.no_grad()
