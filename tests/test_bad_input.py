@@ -23,6 +23,7 @@ repeated here:
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -241,3 +242,20 @@ def test_a_truncated_checkpoint_is_named_before_training_starts(in_tmp):
     assert "expected a .ckpt file written by Lightning (truncated or corrupted?)" in first_line(err)
     nothing_half_written(in_tmp)
 
+
+
+def test_command_line_prints_one_line_for_a_bad_value_and_a_traceback_with_sdcd_debug(in_tmp):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "sdcd", "fit", "--config", "experiments/tiny.yaml", "--model.n_frames=0",
+           "--trainer.fast_dev_run=true"]
+    env = {k: v for k, v in os.environ.items() if k != "SDCD_DEBUG"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("sdcd: error:")]
+    assert errors == ["sdcd: error: model.n_frames must be positive (at least 2 frames), got 0 "
+                      "(SDCD_DEBUG=1 shows the traceback)"]
+    assert "Traceback" not in out.stderr
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**env, "SDCD_DEBUG": "1"}, timeout=300)
+    assert out.returncode != 0 and "Traceback" in out.stderr

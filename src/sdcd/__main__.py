@@ -1,4 +1,4 @@
-from sdcd.cli import main
+from sdcd.cli import run_cli
 
 if __name__ == "__main__":
-    main()
+    run_cli()

@@ -277,3 +277,22 @@ def main(args: list[str] | None = None, run: bool = True) -> SDCDCLI:
             os.environ.pop(runs.RUN_DIR_ENV, None)
         else:
             os.environ[runs.RUN_DIR_ENV] = previous_run_dir
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)  # what sdcd raises for a bad config, value or file
+
+
+def run_cli(args: list[str] | None = None) -> None:
+    """The command line (`python -m sdcd`, `sdcd`): a user's mistake — a bad override, an impossible
+    value, a missing file — prints one line naming it and exits with status 2, no traceback.
+    SDCD_DEBUG=1 shows the traceback."""
+    import sys
+
+    try:
+        main(args)
+    except USER_ERRORS as err:
+        if os.environ.get("SDCD_DEBUG"):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"sdcd: error: {first} (SDCD_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2)
