@@ -340,7 +340,8 @@ class SDCD(LightningModule):
         cached = None
         if self.hparams.stage == "disentangle" and self.hparams.feature_cache and "index" in batch:
             cached = self.cached_features(batch.get("split", "train"), batch["index"])
-        terms = loss_terms(batch["x"], shuffle=self.shuffle, cached=cached)
+        extra = {} if cached is None else {"cached": cached}  # (subclasses may override loss_terms(x, shuffle))
+        terms = loss_terms(batch["x"], shuffle=self.shuffle, **extra)
         loss, b = terms.pop("loss"), batch["x"].shape[0]
         # which optimised terms are non-finite: (len(GUARDED_TERMS),) bool, read by the guard below
         self._guard["bad_terms"] = torch.stack([~torch.isfinite(terms[k].detach()) for k in GUARDED_TERMS])
