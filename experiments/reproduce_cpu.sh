@@ -31,7 +31,9 @@ fit() {  # fit <run dir> <config> [args...]: train into an exact run dir, resumi
 evaluate() {  # evaluate <run dir>: the full protocol on the test split → <run dir>/metrics.json
   local dir=$1
   if [ -f "$dir/metrics.json" ]; then log "$dir: evaluated, skipped"; return; fi
-  SDCD_RUN_DIR=$dir "$PY" -m sdcd test --config "$dir/config.yaml" --ckpt_path "$dir/checkpoints/last.ckpt" \
+  # its own run dir (under runs/), so the training run's metrics.csv is kept; the evaluation writes
+  # metrics.json/.md into the checkpoint's run dir
+  "$PY" -m sdcd test --config "$dir/config.yaml" --ckpt_path "$dir/checkpoints/last.ckpt" \
     --model.judge_path="$JUDGE"
 }
 
