@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import torch
+
 from sdcd.data_modules.dsprites import generate_sequences, render_procedural
 
 

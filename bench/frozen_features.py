@@ -29,10 +29,10 @@ import json
 import time
 
 import torch
-from sdcd.data_modules.sprites import SpritesDataModule
 from torch import nn
 from torch.nn import functional as F
 
+from sdcd.data_modules.sprites import SpritesDataModule
 from sdcd.model import SDCD
 
 

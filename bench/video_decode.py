@@ -17,6 +17,7 @@ import time
 
 import av
 import numpy as np
+
 from sdcd.data_modules.video import VideoClipDataModule
 
 

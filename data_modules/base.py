@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from lightning import LightningDataModule
-from sdcd.callbacks.checkpoint import ResumableDataLoader
 from torch.utils.data import DataLoader, Dataset
+
+from sdcd.callbacks.checkpoint import ResumableDataLoader
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import zipfile
 
 import numpy as np
 import torch
+
 from sdcd.data_modules.base import Factor, IndexedDataModule
 
 FACTORS: tuple[Factor, ...] = (

@@ -48,6 +48,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
+
 from sdcd.data_modules.base import Factor, IndexedDataModule
 
 log = logging.getLogger(__name__)

@@ -70,8 +70,9 @@ import torch.distributed as dist
 from av.video.reformatter import VideoReformatter
 from lightning import LightningDataModule
 from PIL import Image
-from sdcd.data_modules.base import Factor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from sdcd.data_modules.base import Factor
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sdcd.data_modules import sprites as S
-from sdcd.data_modules.dsprites import MovingDSpritesDataModule
-from sdcd.data_modules.sprites import SpritesDataModule
-from sdcd.data_modules.video import VideoSkipWarning
 from test_sprites import SHEETS, copy_sheets, small, write_valid_npy  # noqa: F401 (small: a fixture)
 from test_video import write_video
 
 from sdcd.cli import main
+from sdcd.data_modules import sprites as S
+from sdcd.data_modules.dsprites import MovingDSpritesDataModule
+from sdcd.data_modules.sprites import SpritesDataModule
+from sdcd.data_modules.video import VideoSkipWarning
 from sdcd.judge import Judge, data_signature, save_judge
 
 needs_sheets = pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")

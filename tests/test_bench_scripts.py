@@ -105,7 +105,6 @@ def test_epoch_times_a_reduced_epoch(in_tmp):
 def _untrained_tiny_judge(path: Path, n_train: int) -> None:
     """A judge file for the data of experiments/tiny.yaml with n_train sequences (weights untrained)."""
     from sdcd.data_modules.dsprites import MovingDSpritesDataModule
-
     from sdcd.judge import Judge, data_signature, save_judge
 
     dm = MovingDSpritesDataModule(

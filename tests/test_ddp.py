@@ -19,6 +19,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from test_evaluation import Coded, OracleJudge, OracleModel
+from test_metrics_ddp import free_port
+from test_resume import DATA, MODEL, SEED, CrashAt, ResumableTinyData, assert_same_tensors
+
 from sdcd.callbacks.checkpoint import (
     RNG_KEY,
     AtomicCheckpointIO,
@@ -27,10 +31,6 @@ from sdcd.callbacks.checkpoint import (
     rank_seed,
 )
 from sdcd.callbacks.shuffle import ShuffleCallback
-from test_evaluation import Coded, OracleJudge, OracleModel
-from test_metrics_ddp import free_port
-from test_resume import DATA, MODEL, SEED, CrashAt, ResumableTinyData, assert_same_tensors
-
 from sdcd.evaluation import evaluate
 from sdcd.model import SDCD
 

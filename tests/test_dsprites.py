@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
+
 from sdcd.data_modules import dsprites as ds
 from sdcd.data_modules.dsprites import (
     FACTORS,

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from sdcd.data_modules.base import Factor, IndexedDataModule
 from torch import nn
 
+from sdcd.data_modules.base import Factor, IndexedDataModule
 from sdcd.evaluation import derangement, evaluate, peers_protocol, write_results
 
 FACTORS = (Factor("colour", 4, True), Factor("shape", 3, True), Factor("pos", 5, False, ordinal=True))

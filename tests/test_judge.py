@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from sdcd.cli import main
 from sdcd.data_modules.base import Factor
 from sdcd.data_modules.dsprites import MovingDSpritesDataModule
 from sdcd.data_modules.sprites import SpritesDataModule
-
-from sdcd.cli import main
 from sdcd.judge import Judge, JudgeModule, data_signature, load_judge, read_judge_record, save_judge
 from sdcd.metrics import JudgeMetrics
 
@@ -286,8 +286,8 @@ def test_judge_training_resumes_from_its_checkpoint(in_tmp, one_thread):
 
 def test_public_sprites_judge_file_loads_with_heads_mapped_to_sdcd_factors(tmp_path):
     from helpers.public_judge import write_public_judge
-    from sdcd.data_modules.sprites import SpritesDataModule
 
+    from sdcd.data_modules.sprites import SpritesDataModule
     from sdcd.judge import load_judge
 
     path = tmp_path / "sprite_judge.tar"
@@ -305,8 +305,8 @@ def test_public_sprites_judge_file_loads_with_heads_mapped_to_sdcd_factors(tmp_p
 
 def test_public_sprites_judge_is_refused_for_other_data(tmp_path):
     from helpers.public_judge import write_public_judge
-    from sdcd.data_modules.base import Factor
 
+    from sdcd.data_modules.base import Factor
     from sdcd.judge import public_sprites_judge
 
     write_public_judge(tmp_path / "j.tar")

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from sdcd.data_modules.base import Factor
 from torch import nn
 
+from sdcd.data_modules.base import Factor
 from sdcd.judge import Judge
 from sdcd.metrics import FactorScores, JudgeMetrics, distributed_valid_mask
 

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning import LightningModule, Trainer
-from sdcd.data_modules.base import Factor, IndexedDataModule
 
+from sdcd.data_modules.base import Factor, IndexedDataModule
 from sdcd.judge import Judge
 from sdcd.metrics import JudgeMetrics, distributed_valid_mask
 

@@ -1,8 +1,8 @@
 """Linear leakage probes (src/sdcd/probes.py) on models whose codes hold known factors."""
 
 import torch
-from sdcd.data_modules.base import Factor, IndexedDataModule
 
+from sdcd.data_modules.base import Factor, IndexedDataModule
 from sdcd.model import Codes
 from sdcd.probes import linear_probes
 

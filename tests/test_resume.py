@@ -18,6 +18,8 @@ import yaml
 from conftest import EXPERIMENTS
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+import sdcd.cli
 from sdcd.callbacks.checkpoint import (
     META_KEY,
     RNG_KEY,
@@ -36,8 +38,6 @@ from sdcd.callbacks.shuffle import ShuffleCallback
 from sdcd.data_modules import base
 from sdcd.data_modules.base import IndexDataset
 from sdcd.data_modules.dsprites import MovingDSpritesDataModule
-
-import sdcd.cli
 from sdcd.judge import Judge, data_signature, save_judge
 from sdcd.model import SDCD
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from lightning import Trainer
+
 from sdcd.callbacks.shuffle import ShuffleCallback
 from sdcd.data_modules.base import IndexedDataModule
-
 from sdcd.model import SDCD
 
 

@@ -14,9 +14,9 @@ import inspect
 
 import pytest
 import torch
-from sdcd.data_modules.dsprites import generate_sequences, render_procedural
 from torch.nn.functional import cosine_similarity
 
+from sdcd.data_modules.dsprites import generate_sequences, render_procedural
 from sdcd.model import SDCD
 
 # SDCD's `compile` / `channels_last` switches (the model.py change of issue 7)

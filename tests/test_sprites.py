@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from sdcd.data_modules import sprites as S
 from sdcd.data_modules.sprites import SpritesDataModule
 

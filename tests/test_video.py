@@ -18,9 +18,10 @@ import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from PIL import Image
+from torch.utils.data import DataLoader
+
 from sdcd.data_modules import video
 from sdcd.data_modules.video import VideoClipDataModule, VideoSkipWarning
-from torch.utils.data import DataLoader
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

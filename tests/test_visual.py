@@ -9,6 +9,8 @@ import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from PIL import Image
+from torch.utils.data import DataLoader
+
 from sdcd.callbacks import visual
 from sdcd.callbacks.visual import (
     BAR_HEIGHT,
@@ -19,10 +21,8 @@ from sdcd.callbacks.visual import (
     PNG_STRIP_FRAMES,
     VisualCallback,
 )
-from sdcd.data_modules.dsprites import MovingDSpritesDataModule
-from torch.utils.data import DataLoader
-
 from sdcd.cli import main
+from sdcd.data_modules.dsprites import MovingDSpritesDataModule
 from sdcd.model import SDCD
 
 T, FRAME = 4, 32  # the tiny config's frames
