@@ -5,9 +5,11 @@
 #   3. stage 2 with the shuffle, one run per seed (experiments/lpc_shuffle_cpu.yaml), then the protocol
 #   4. stage 2 without the shuffle (experiments/lpc_noshuffle_cpu.yaml), then the protocol
 #   5. one Markdown table, mean ± std over seeds: <folder>/table.md
+# Run dirs: <folder>/autoencoder, <folder>/lpc_shuffle_cpu/seed<N>, <folder>/lpc_noshuffle_cpu/seed<N>.
 # A step whose result exists is skipped, and an interrupted run resumes from its last.ckpt, so
 # running it again continues where it stopped. SEEDS="0 1 2" and OUT=<folder> override the defaults;
-# ARGS are passed to every stage-2 run (e.g. ARGS="--trainer.max_steps=500").
+# ARGS are passed to every stage-2 training run (e.g. ARGS="--trainer.max_steps=500"), EVAL_ARGS to
+# every evaluation (e.g. EVAL_ARGS="--trainer.limit_test_batches=2" for a smoke run).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/reproduce-cpu}
@@ -15,6 +17,7 @@ SEEDS=${SEEDS:-0 1 2}
 NOSHUFFLE_SEEDS=${NOSHUFFLE_SEEDS:-${SEEDS%% *}}
 JUDGE=${JUDGE:-judges/sprites_cpu.pt}
 read -r -a EXTRA <<< "${ARGS:-}"
+read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
 mkdir -p "$OUT"
 log() { echo "reproduce-cpu: $*"; }
 
@@ -34,7 +37,7 @@ evaluate() {  # evaluate <run dir>: the full protocol on the test split → <run
   # its own run dir (under runs/), so the training run's metrics.csv is kept; the evaluation writes
   # metrics.json/.md into the checkpoint's run dir
   "$PY" -m sdcd test --config "$dir/config.yaml" --ckpt_path "$dir/checkpoints/last.ckpt" \
-    --model.judge_path="$JUDGE"
+    --model.judge_path="$JUDGE" "${EVAL_EXTRA[@]}"
 }
 
 if [ ! -f "$JUDGE" ]; then
@@ -44,16 +47,17 @@ fi
 fit "$OUT/autoencoder" experiments/lpc_autoencoder_cpu.yaml
 AE="$OUT/autoencoder/checkpoints/last.ckpt"
 for seed in $SEEDS; do
-  fit "$OUT/shuffle-seed$seed" experiments/lpc_shuffle_cpu.yaml --seed_everything="$seed" \
+  fit "$OUT/lpc_shuffle_cpu/seed$seed" experiments/lpc_shuffle_cpu.yaml --seed_everything="$seed" \
     --model.autoencoder_checkpoint="$AE" --model.judge_path="$JUDGE" "${EXTRA[@]}"
-  evaluate "$OUT/shuffle-seed$seed"
+  evaluate "$OUT/lpc_shuffle_cpu/seed$seed"
 done
 for seed in $NOSHUFFLE_SEEDS; do
-  fit "$OUT/noshuffle-seed$seed" experiments/lpc_noshuffle_cpu.yaml \
+  fit "$OUT/lpc_noshuffle_cpu/seed$seed" experiments/lpc_noshuffle_cpu.yaml \
     --seed_everything="$seed" --model.autoencoder_checkpoint="$AE" --model.judge_path="$JUDGE" "${EXTRA[@]}"
-  evaluate "$OUT/noshuffle-seed$seed"
+  evaluate "$OUT/lpc_noshuffle_cpu/seed$seed"
 done
-"$PY" -m sdcd.report --by-experiment "$OUT"/*-seed*/ --out "$OUT/table.md" \
+# run dirs are <OUT>/<experiment>/seed<N>, so metrics.json names the experiment and the table groups by it
+"$PY" -m sdcd.report --by-experiment "$OUT"/lpc_*_cpu/seed*/ --out "$OUT/table.md" \
   --metrics 'swap/acc/*' 'sample_static/acc/*' 'sample_dynamics_mean/acc/static' 'probe/f/*' 'probe/lam/*' \
   'peers/acc/action'
 log "wrote $OUT/table.md"
