@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sdcd.data_modules.sprites import SpritesDataModule
-from sdcd.model import SDCD
+from sdcd.model import SDCD, permute_colours
 
 
 def parse_value(v: str):
@@ -61,26 +61,22 @@ def feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 2
 @torch.no_grad()
 def augmented_feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 256, seed: int = 0):
     """(N, T, D) feature means of each sequence with its RGB channels permuted by a random non-identity
-    permutation (one per sequence): colours change, shapes and motion do not."""
-    perms = [p for p in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))][1:]
+    permutation (one per sequence, `sdcd.model.permute_colours`): colours change, shapes and motion do not."""
     g = torch.Generator().manual_seed(seed)
     n = dm.split_size(split)
     feats = []
     for i in range(0, n, batch):
-        x = dm.batch(split, torch.arange(i, min(n, i + batch)))["x"]
-        choice = torch.randint(0, len(perms), (len(x),), generator=g)
-        idx = torch.tensor(perms)[choice]  # (B, 3)
-        x = torch.gather(x, 2, idx[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:]))
+        x = permute_colours(dm.batch(split, torch.arange(i, min(n, i + batch)))["x"], g)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             feats.append(model.frame_features(x, noise=False).float())
     return torch.cat(feats)
 
 
-def fit_probe(x_train, y_train, n_classes, steps=300, hidden=0, lr=1e-2, wd=1e-4):
-    """Multinomial logistic regression (hidden=0) or a 1-hidden-layer MLP, full batch, Adam."""
+def fit_probe(x_train, y_train, n_classes, steps=300, lr=1e-2, wd=1e-4):
+    """Multinomial logistic regression, full batch, Adam (the loop's own settings; `sdcd.probes` is
+    the evaluation's)."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    net = nn.Linear(x_train.shape[1], n_classes) if not hidden else nn.Sequential(
-        nn.Linear(x_train.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+    net = nn.Linear(x_train.shape[1], n_classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=wd)
     xs = (x_train - mu) / sd
     with torch.enable_grad():
@@ -89,13 +85,6 @@ def fit_probe(x_train, y_train, n_classes, steps=300, hidden=0, lr=1e-2, wd=1e-4
             F.cross_entropy(net(xs), y_train).backward()
             opt.step()
     return lambda x: net((x - mu) / sd).argmax(-1)
-
-
-def aug_codes(model: SDCD, e):
-    """λ given the aggregated static code (a sample), as evaluation computes it."""
-    _, mu, var = model.static_posterior(e)
-    f = mu + var.sqrt() * torch.randn_like(mu)
-    return model.flow.inverse_and_log_prob(e, f[:, None].expand(-1, e.shape[1], -1))[0]
 
 
 def main() -> None:
@@ -172,13 +161,8 @@ def main() -> None:
             noisy_test = e_test + noise * torch.randn_like(e_test)
             out.update({f"feat/real/{k}": v for k, v in judge(noisy_test, y_test, range(len(names))).items()})
 
-            def codes(e):
-                _, mu, var = model.static_posterior(e)
-                lam, _ = model.flow.inverse_and_log_prob(e, mu[:, None].expand(-1, e.shape[1], -1))
-                return mu, lam
-
-            f_tr, l_tr = codes(e_train)
-            f_te, l_te = codes(e_test)
+            f_tr, _, l_tr, _ = model.codes_of_features(e_train, mean=True)
+            f_te, _, l_te, _ = model.codes_of_features(e_test, mean=True)
             for code, tr, te in (("f", f_tr, f_te), ("lam", l_tr.mean(1), l_te.mean(1))):
                 for i, name in enumerate(names):
                     pred = fit_probe(tr, y_train[:, i], n_classes[i])(te)
@@ -214,8 +198,8 @@ def main() -> None:
             terms = model.disentanglement_terms(e, shuffle=bool(args.shuffle))
             if e_aug is not None:  # λ must not change when only the colours do
                 ea = e_aug[idx] + (e - e_train[idx] if args.shared_noise else noise * torch.randn_like(e))
-                lam_a = aug_codes(model, e)
-                lam_b = aug_codes(model, ea)
+                lam_a = model.codes_of_features(e).lam
+                lam_b = model.codes_of_features(ea).lam
                 if args.aug_loss == "mse":
                     terms["aug"] = ((lam_a - lam_b) ** 2).sum((1, 2)).mean()
                 else:  # InfoNCE: find each sequence's colour-permuted copy among the batch's, by λ alone

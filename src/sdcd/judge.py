@@ -258,26 +258,17 @@ def save_judge(
     return path
 
 
-def _read_public_judge(path: Path, map_location) -> dict[str, Tensor] | None:
-    """The public judge's weights if `path` is one, else None (an sdcd judge file, or not a judge)."""
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:
-        return None  # read_judge_record reports what is wrong with it
-    if isinstance(obj, dict) and obj.get("format") == JUDGE_FORMAT:
-        return None
-    return _public_state(obj)
-
-
-def read_judge_record(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw judge file contents (weights, arch, data record, test scores), validated."""
-    path = Path(path)
+def _load_judge_file(path: Path, map_location) -> Any:
+    """The loaded contents of a judge file (sdcd's or the public one), or a ValueError naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"no judge file at '{path}'")
     try:
-        record = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file
         raise ValueError(f"'{path}' is not a readable judge file ({type(err).__name__}: {err})") from err
+
+
+def _check_record(record: Any, path: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != JUDGE_FORMAT:
         raise ValueError(f"'{path}' is not an sdcd judge file (expected a dict with format='{JUDGE_FORMAT}')")
     if record.get("version") != JUDGE_FORMAT_VERSION:
@@ -285,6 +276,12 @@ def read_judge_record(path: str | os.PathLike, map_location: str | torch.device 
             f"judge file '{path}' has format version {record.get('version')}, expected {JUDGE_FORMAT_VERSION}"
         )
     return record
+
+
+def read_judge_record(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw judge file contents (weights, arch, data record, test scores), validated."""
+    path = Path(path)
+    return _check_record(_load_judge_file(path, map_location), path)
 
 
 # The public Sprites judge of C-DSVAE/SPYL/DBSE (`sprite_judge.tar`, class `classifier_Sprite_all`,
@@ -357,12 +354,13 @@ def load_judge(
             f"no judge file at '{path}'. Train one with `make judge DATA={hint}` "
             f"(it writes the judge_path set in experiments/judge_{hint}.yaml)."
         )
-    public = _read_public_judge(path, map_location)
+    loaded = _load_judge_file(path, map_location)  # read once, whichever kind of judge it is
+    public = None if isinstance(loaded, dict) and loaded.get("format") == JUDGE_FORMAT else _public_state(loaded)
     if public is not None:  # the peers' judge: no data record, so check the factors only
         factors = getattr(datamodule, "factors", None) or [Factor(n, 9 if n == "action" else 6, n != "action")
                                                               for n in PUBLIC_SPRITES_HEADS]
         return public_sprites_judge(public, factors, path).to(map_location).eval()
-    record = read_judge_record(path, map_location)
+    record = _check_record(loaded, path)
     if datamodule is not None:
         want, have, skip = data_signature(datamodule), record["data"], set(ignore)
         diff = sorted(k for k in set(want) | set(have) if k not in skip and want.get(k) != have.get(k))

@@ -274,7 +274,8 @@ class SDCD(LightningModule):
             else:
                 with torch.no_grad():  # the augmented copy trains the disentanglement part only
                     e_aug = self.frame_features(permute_colours(x))
-            terms["augmentation"] = self.augmentation_term(self._dynamics(e.detach()), self._dynamics(e_aug))
+            terms["augmentation"] = self.augmentation_term(self.codes_of_features(e.detach()).lam,
+                                                           self.codes_of_features(e_aug).lam)
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         return terms
 
@@ -286,12 +287,6 @@ class SDCD(LightningModule):
         b = torch.nn.functional.normalize(lam_aug.flatten(1).float(), dim=1)
         logits = a @ b.T / self.hparams.augmentation_temperature  # (B, B): row i should pick column i
         return torch.nn.functional.cross_entropy(logits, torch.arange(len(a), device=a.device))
-
-    def _dynamics(self, e: torch.Tensor) -> torch.Tensor:
-        """λ: (B, T, D) of features e given their own aggregated static code (a sample), as evaluation."""
-        _, mu, var = self.static_posterior(e)
-        f = mu + var.sqrt() * torch.randn_like(mu)
-        return self.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=e.shape[1]))[0]
 
     def disentanglement_terms(self, e_in: torch.Tensor, shuffle: bool) -> dict[str, torch.Tensor]:
         """The static KL and flow terms on (detached) frame features e_in: (B, T, D); "loss" is their
@@ -519,10 +514,13 @@ class SDCD(LightningModule):
 
         As in the official code the features carry their unit noise and f is a sample of q(f|x), also
         at test time; `mean=True` uses the noise-free features and the posterior mean instead."""
-        e = self.frame_features(x, noise=not mean)
+        return self.codes_of_features(self.frame_features(x, noise=not mean), mean)
+
+    def codes_of_features(self, e: torch.Tensor, mean: bool = False) -> Codes:
+        """Frame features e: (B, T, D) → Codes (f sampled from q(f|e), or its mean with `mean=True`)."""
         _, mu, var = self.static_posterior(e)
         f = mu if mean else mu + var.sqrt() * torch.randn_like(mu)
-        lam, _ = self.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=x.shape[1]))
+        lam, _ = self.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=e.shape[1]))
         return Codes(f=f, f_mean=mu, lam=lam, features=e)
 
     def decode(self, f: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

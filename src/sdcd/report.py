@@ -102,8 +102,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)]) + "\n"
 
 
-def compare(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
-    """The table; `patterns` (shell-style, e.g. "swap/acc/*") keep only the metrics they match."""
+def selected_names(runs: list[RunMetrics], patterns: list[str] | None = None) -> list[str]:
+    """The metrics to show: all of them, or those that `patterns` (shell-style, e.g. "swap/acc/*") match."""
     names = metric_names(runs)
     if patterns:
         kept = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -111,6 +111,12 @@ def compare(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
             wanted = " ".join(patterns)
             raise MetricsFileError(f"no metric matches --metrics {wanted}; the runs have: {names}")
         names = kept
+    return names
+
+
+def compare(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
+    """The table; `patterns` (shell-style, e.g. "swap/acc/*") keep only the metrics they match."""
+    names = selected_names(runs, patterns)
     rows = []
     for run in runs:
         cells = [format_mean_std(*run.metrics[n]) if n in run.metrics else MISSING for n in names]
@@ -120,8 +126,7 @@ def compare(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
 
 def compare_by_experiment(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
     """One row per experiment: mean ± std (over its runs) of each run's mean; std 0 for a single run."""
-    table = compare(runs, patterns)  # checks the patterns, fixes the column order
-    names = [c.strip() for c in table.splitlines()[0].strip("|").split("|")][2:]
+    names = selected_names(runs, patterns)
     groups: dict[str, list[RunMetrics]] = {}
     for run in runs:
         groups.setdefault(run.experiment or MISSING, []).append(run)
