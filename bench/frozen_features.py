@@ -103,7 +103,10 @@ def main() -> None:
     ap.add_argument("--kl-steps", type=int, default=1000)
     ap.add_argument("--shared-noise", type=int, default=1, help="the augmented copy gets the same feature noise")
     ap.add_argument("--fp32", action="store_true", help="train in float32 instead of bf16 autocast")
-    ap.add_argument("--aug-loss", choices=["mse", "infonce"], default="mse")
+    ap.add_argument("--aug-loss", choices=["mse", "infonce", "swap"], default="mse",
+                    help="mse/infonce: compare λ(x) and λ(x'); swap: regenerate x' from λ(x) and f(x') (and x from "
+                         "λ(x') and f(x)) and charge the squared error in feature space, which a flow cannot "
+                         "dodge by shrinking λ's colour directions")
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -198,9 +201,14 @@ def main() -> None:
             terms = model.disentanglement_terms(e, shuffle=bool(args.shuffle))
             if e_aug is not None:  # λ must not change when only the colours do
                 ea = e_aug[idx] + (e - e_train[idx] if args.shared_noise else noise * torch.randn_like(e))
-                lam_a = model.codes_of_features(e).lam
-                lam_b = model.codes_of_features(ea).lam
-                if args.aug_loss == "mse":
+                codes_a, codes_b = model.codes_of_features(e), model.codes_of_features(ea)
+                lam_a, lam_b = codes_a.lam, codes_b.lam
+                if args.aug_loss == "swap":  # the colours must come from f: x' = h(λ(x), f(x')), x = h(λ(x'), f(x))
+                    t = e.shape[1]
+                    err_b = (model.flow.generate(lam_a, codes_b.f[:, None].expand(-1, t, -1)) - ea.float()) ** 2
+                    err_a = (model.flow.generate(lam_b, codes_a.f[:, None].expand(-1, t, -1)) - e.float()) ** 2
+                    terms["aug"] = 0.5 * (err_a.sum((1, 2)) + err_b.sum((1, 2))).mean()
+                elif args.aug_loss == "mse":
                     terms["aug"] = ((lam_a - lam_b) ** 2).sum((1, 2)).mean()
                 else:  # InfoNCE: find each sequence's colour-permuted copy among the batch's, by λ alone
                     za = F.normalize(lam_a.flatten(1).float(), dim=1)
