@@ -109,3 +109,28 @@ def test_infonce_augmentation_term_is_low_when_copies_match_and_high_when_shuffl
     assert matched < 0.01 and mismatched > 5  # log(16) ≈ 2.8 is chance; a wrong match is far worse
     mse = SDCD(**tiny_model_kwargs, augmentation_loss="mse").augmentation_term(lam, lam + 1)
     assert mse.item() == pytest.approx(4 * 16)  # (1)² summed over 4 frames × 16 dims
+
+
+# Recorded with the code of commit 2af7d69, before the model was split into autoencoder.py, static.py,
+# dynamic.py and guard.py: moving code must not change the parameters, their initialisation order or
+# the objective.
+PINNED = {
+    "paper": ({}, 12_702_339, {"sse": 21905.1171875, "kl": 123.56571960449219, "nll_flow": 3263.184326171875,
+                               "nll_prior": 3274.988525390625, "loss": 87357.265625}),
+    "cpu": ({"n_frames": 8, "base_channels": 16, "flow_hidden": 128, "prior_hidden": 128, "lstm_hidden": 128},
+            2_704_803, {"sse": 9082.521484375, "kl": 81.37875366210938, "nll_flow": 1594.6904296875,
+                        "nll_prior": 1595.658935546875, "loss": 41072.390625}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_parameter_count_and_loss_on_a_fixed_batch_are_pinned(name):
+    kwargs, n_params, expected = PINNED[name]
+    torch.manual_seed(0)
+    model = SDCD(**kwargs).train()
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    torch.manual_seed(1)
+    t = kwargs.get("n_frames", 16)
+    terms = model.loss_terms(torch.rand(2, t, 3, 64, 64), shuffle=True)
+    for key, value in expected.items():
+        assert terms[key].item() == pytest.approx(value, rel=1e-5), key
