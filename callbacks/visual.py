@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +42,8 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
+
+from sdcd.io import atomic_write_stream
 
 log = logging.getLogger(__name__)
 
@@ -180,21 +180,8 @@ def model_videos(model: Any, x: torch.Tensor, n_samples: int = N_PRIOR_SAMPLES,
 
 
 # ----------------------------------------------------------------------------------- files
-def atomic_save(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a file through `write(fileobj)` into a temp file next to `path`, then os.replace it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_png(path: Path, img: Image.Image) -> None:
-    atomic_save(path, lambda fh: img.save(fh, format="PNG", compress_level=1))  # fast; frames are mostly flat
+    atomic_write_stream(path, lambda fh: img.save(fh, format="PNG", compress_level=1))  # fast; frames are mostly flat
 
 
 def save_gif(path: Path, frames: torch.Tensor, fps: int, stride: int = 1) -> None:
@@ -207,7 +194,7 @@ def save_gif(path: Path, frames: torch.Tensor, fps: int, stride: int = 1) -> Non
     no_dither = Image.Dither.NONE
     palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE, dither=no_dither)
     indexed = [Image.fromarray(a).quantize(palette=palette, dither=no_dither) for a in arrays]
-    atomic_save(path, lambda fh: indexed[0].save(fh, format="GIF", save_all=True, append_images=indexed[1:],
+    atomic_write_stream(path, lambda fh: indexed[0].save(fh, format="GIF", save_all=True, append_images=indexed[1:],
                                                  duration=round(1000 / fps), loop=0))
 
 

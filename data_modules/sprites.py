@@ -37,7 +37,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -50,6 +49,7 @@ import torch
 from PIL import Image
 
 from sdcd.data_modules.base import Factor, IndexedDataModule
+from sdcd.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +104,12 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("SDCD_CACHE_DIR") or "~/.cache/sdcd").expanduser()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp)` on a temp file next to `path`, then rename it into place (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, arr, allow_pickle=False)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _crc32(arr: np.ndarray) -> int:
@@ -236,7 +220,7 @@ def _download(rel: str, sheets_dir: Path, digest: str) -> None:
     got = hashlib.sha256(data).hexdigest()
     if got != digest:
         raise RuntimeError(f"Downloaded {url} has SHA-256 {got}, expected {digest} (see {SHA256_FILE}).")
-    _atomic_write(sheets_dir / rel, lambda tmp: tmp.write_bytes(data))
+    atomic_write(sheets_dir / rel, lambda tmp: tmp.write_bytes(data))
 
 
 def ensure_sheets(sheets_dir: Path, download: bool = False) -> dict[str, bytes]:
@@ -382,7 +366,7 @@ def write_sprites_npy(out_dir: str | os.PathLike, split: str, x: np.ndarray, lab
         mm.flush()
         del mm
 
-    _atomic_write(out_dir / NPY_NAMES["x"].format(split=split), write_x)
+    atomic_write(out_dir / NPY_NAMES["x"].format(split=split), write_x)
     eye6, eye9 = np.eye(N_OPTIONS, dtype=np.float32), np.eye(N_MOTIONS, dtype=np.float32)
     _save_npy(out_dir / NPY_NAMES["a"].format(split=split), eye6[labels[..., :4]])
     _save_npy(out_dir / NPY_NAMES["d"].format(split=split), eye9[labels[..., 4]])
@@ -454,7 +438,7 @@ def write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
             "crc32": _crc32(arr),
         }
     manifest = {"build_version": BUILD_VERSION, "sheets_key": sheets_key(), "files": files}
-    _atomic_write(cache / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    atomic_write(cache / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
 
 
 def read_cache(cache: Path, names: Iterable[str]) -> dict[str, np.ndarray] | None:

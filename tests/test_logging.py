@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from sdcd import runs
 from sdcd.cli import RunWandbLogger, main
+from sdcd.io import atomic_write_text
 
 # Two optimisation steps, each logged: enough for metrics.csv and a checkpoint, and fast.
 TINY_FIT = [
@@ -197,8 +198,8 @@ def test_messages_come_from_rank_zero_only(monkeypatch, capsys):
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
-    runs.atomic_write_text(tmp_path / "a" / "config.yaml", "x: 1\n")
-    runs.atomic_write_text(tmp_path / "a" / "config.yaml", "x: 2\n")
+    atomic_write_text(tmp_path / "a" / "config.yaml", "x: 1\n")
+    atomic_write_text(tmp_path / "a" / "config.yaml", "x: 2\n")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["config.yaml"]
     assert (tmp_path / "a" / "config.yaml").read_text() == "x: 2\n"
 

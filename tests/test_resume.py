@@ -264,7 +264,7 @@ def tiny_judge(path, data) -> str:
 
 
 def test_checkpoint_carries_data_config_and_judge_reference_but_no_judge_weights(tmp_path):
-    from sdcd.callbacks.checkpoint import file_sha256
+    from sdcd.io import file_sha256
 
     judge = tiny_judge(tmp_path / "judge.pt", ResumableTinyData(**DATA))
     model, _, _ = fit(tmp_path, 2, judge_path=judge, eval_every_n_epochs=1, eval_val_sequences=8)

@@ -34,6 +34,7 @@ from sdcd.callbacks.checkpoint import (
     run_dir_of,
 )
 from sdcd.callbacks.shuffle import ShuffleCallback
+from sdcd.io import atomic_write_text
 
 
 class RunWandbLogger(WandbLogger):
@@ -112,7 +113,7 @@ class SaveRunConfig(SaveConfigCallback):
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
-        runs.atomic_write_text(Path(trainer.default_root_dir) / self.config_filename, text)
+        atomic_write_text(Path(trainer.default_root_dir) / self.config_filename, text)
         resolved = yaml.safe_load(text)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

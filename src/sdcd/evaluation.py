@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sdcd.io import atomic_write_text
 from sdcd.metrics import JudgeMetrics
-from sdcd.runs import atomic_write_text
 
 TESTS = ("swap", "sample_dynamics", "sample_dynamics_mean", "sample_static", "paired")
 

@@ -33,8 +33,8 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from sdcd.callbacks.checkpoint import atomic_torch_save
 from sdcd.data_modules.base import Factor
+from sdcd.io import atomic_torch_save
 from sdcd.metrics import FactorScores, distributed_valid_mask
 
 JUDGE_FORMAT = "sdcd-judge"

@@ -24,7 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdcd.runs import atomic_write_text, display_path
+from sdcd.io import atomic_write_text
+from sdcd.runs import display_path
 
 METRICS_FILE = "metrics.json"
 MISSING = "—"

@@ -22,7 +22,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from sdcd import runs
+from sdcd.io import atomic_write, atomic_write_text
 from sdcd.report import MetricsFileError, format_mean_std, load_metrics, markdown_table
 
 SWEEPS_ROOT = Path(runs.RUNS_ROOT) / "sweeps"
@@ -344,14 +344,10 @@ def summary_plot(sweep: Sweep, results: list[PointResult], path: Path) -> None:
     ax.set_title(f"sweep {sweep.name}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_summary(
@@ -362,8 +358,8 @@ def write_summary(
     total: int,
     plot: bool = True,
 ) -> None:
-    runs.atomic_write_text(out_dir / "summary.csv", summary_csv(sweep, results))
-    runs.atomic_write_text(out_dir / "summary.md", summary_markdown(sweep, results, extra_args, total))
+    atomic_write_text(out_dir / "summary.csv", summary_csv(sweep, results))
+    atomic_write_text(out_dir / "summary.md", summary_markdown(sweep, results, extra_args, total))
     if plot:
         summary_plot(sweep, results, out_dir / "summary.png")
 
