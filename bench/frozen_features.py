@@ -32,8 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sdcd.augmentation import permute_colours
 from sdcd.data_modules.sprites import SpritesDataModule
-from sdcd.model import SDCD, permute_colours
+from sdcd.model import SDCD
 
 
 def parse_value(v: str):

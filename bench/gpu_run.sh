@@ -116,7 +116,7 @@ phase() {  # phase NAME CAP_S CMD...: run CMD for at most min(CAP_S, time to the
 
 if [ "$TINY" = 1 ]; then
   STEP_ARGS=(--config small --variants eager_fp32 --steps 1 --repeats 1 --warmup 0 --matmul-size 256)
-  JUDGE_CONFIG=experiments/tiny_judge.yaml JUDGE_ARGS=(--trainer.max_epochs=1 --data.n_train=64)
+  JUDGE_CONFIG=tests/configs/tiny_judge.yaml JUDGE_ARGS=(--trainer.max_epochs=1 --data.n_train=64)
   JUDGE_LIMIT=${SDCD_LIMIT_JUDGE:-100}
   JUDGE=$WORK/judges/tiny.pt
   EPOCH_ARGS=(--data small --limit-train-batches 2)

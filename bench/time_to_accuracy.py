@@ -6,7 +6,7 @@ val split with the judge; training stops as soon as static and dynamic accuracy 
 or when the training clock passes `--max-train-s` (or the wall clock `--max-wall-s`). The training clock
 counts the epochs only (first-step compilation included), not the periodic evaluations; the wall clock
 counts everything since `fit` began.
-Then `trainer.test` runs the full protocol (R = model.eval_repeats, plus the peers' protocol when the
+Then `trainer.test` runs the full protocol (R = evaluation.repeats, plus the peers' protocol when the
 config sets it) on the test split. The JSON is rewritten after every evaluation.
 
     python bench/time_to_accuracy.py --judge judges/sprites.pt --variant auto:train_step.json --json tta.json
@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 from lightning import Callback
+
+from sdcd.callbacks.evaluation import evaluation_callback
+from sdcd.runs import output_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from epoch import choose_variant, lightning_cli  # noqa: E402
@@ -123,11 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(record, indent=1) + "\n")
 
-    extra = ["--trainer.limit_val_batches=0", f"--model.judge_path={args.judge}", *args.overrides]
+    extra = ["--trainer.limit_val_batches=0", f"--evaluation.judge_path={args.judge}", *args.overrides]
     if args.max_epochs:
         extra.append(f"--trainer.max_epochs={args.max_epochs}")
     if args.test_repeats:
-        extra.append(f"--model.eval_repeats={args.test_repeats}")
+        extra.append(f"--evaluation.repeats={args.test_repeats}")
     cli = lightning_cli(args.config, variant, args.root_dir or tempfile.mkdtemp(prefix="sdcd-tta-"), extra)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     from sdcd.judge import load_judge
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_test:
         start = time.perf_counter()
         trainer.test(model, dm, verbose=False)
-        record.update(test_s=time.perf_counter() - start, test=model.eval_results,
-                      test_repeats=model.hparams.eval_repeats, run_dir=str(model.results_dir()))  # fmt: skip
+        evaluation = evaluation_callback(trainer)
+        record.update(test_s=time.perf_counter() - start, test=evaluation.results,
+                      test_repeats=evaluation.repeats, run_dir=str(output_dir(trainer)))  # fmt: skip
         save()
     return record
 

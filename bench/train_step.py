@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {  # name -> the experiment whose model and batch size are benchmarked
     "dsprites": "experiments/dsprites_cond_shuffle.yaml",  # paper: B=64, T=16, 64×64
     "sprites": "experiments/lpc_shuffle.yaml",  # paper: B=64, T=8, 64×64
-    "small": "experiments/tiny.yaml",  # B=16, T=4, 32×32, narrow nets (CPU)
+    "small": "tests/configs/tiny.yaml",  # B=16, T=4, 32×32, narrow nets (CPU)
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lightning import Callback, LightningModule, Trainer
 
-from sdcd.model import SHUFFLE_MODES
+from sdcd.shuffle import SHUFFLE_MODES
 
 
 class ShuffleCallback(Callback):

@@ -44,6 +44,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from sdcd.io import atomic_write_stream
+from sdcd.runs import output_dir, trainer_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +199,6 @@ def save_gif(path: Path, frames: torch.Tensor, fps: int, stride: int = 1) -> Non
                                                  duration=round(1000 / fps), loop=0))
 
 
-def run_dir(trainer: Trainer) -> str:
-    """The run directory: `trainer.log_dir` (the sdcd CLI makes it the run's own folder), else
-    `trainer.default_root_dir`. `log_dir` broadcasts: call this on every rank."""
-    return trainer.log_dir or trainer.default_root_dir
-
-
 # ----------------------------------------------------------------------------------- callback
 class VisualCallback(Callback):
     """Renders reconstructions, swaps and prior samples as PNG film strips and GIFs, and logs them.
@@ -253,13 +248,13 @@ class VisualCallback(Callback):
     # -- hooks ----------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # trainer.log_dir broadcasts: resolve it here, on every rank, never inside the rank-0 branch.
-        self._run_dir = self.out_dir or (None if trainer.fast_dev_run else run_dir(trainer))
+        self._run_dir = self.out_dir or (None if trainer.fast_dev_run else str(trainer_run_dir(trainer)))
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # `make eval CKPT=…`: pictures go next to metrics.json, in the checkpoint's run directory (known
         # once the checkpoint is restored; called on every rank, so the log_dir fallback may broadcast)
-        if not self.out_dir and not trainer.fast_dev_run and hasattr(pl_module, "results_dir"):
-            self._run_dir = str(pl_module.results_dir())
+        if not self.out_dir and not trainer.fast_dev_run:
+            self._run_dir = str(output_dir(trainer))
 
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -17,13 +17,17 @@ Datasets may add more keys (e.g. the dSprites paired twins `x_same_dyn`, `labels
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from sdcd.callbacks.checkpoint import ResumableDataLoader
+from sdcd.data_modules.sampling import ResumableDataLoader
 
 
 @dataclass(frozen=True)
@@ -148,3 +152,64 @@ class IndexedDataModule(LightningDataModule):
         out.setdefault("index", index)
         out.setdefault("split", split)
         return out
+
+
+# Data module init args that change how batches are served, not what the data are.
+_NON_DATA_KEYS = frozenset(
+    {
+        "batch_size",
+        "eval_batch_size",
+        "drop_last",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "device",
+        "render_device",
+        "data_dir",
+        "root",
+        "cache_dir",
+        "download",
+    }
+)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-like copy of a config value (tuples -> lists, paths -> str) for judge files and checkpoints."""
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(u) for k, u in v.items()}
+    return str(v)
+
+
+def data_signature(datamodule: Any) -> dict[str, Any]:
+    """The data-defining config of `datamodule`, recorded in a judge file and checked by `load_judge`.
+
+    It is the data module's class plus its init args (`hparams`, or the `__init__` parameters read
+    back as attributes), minus those that only change how data are served (batch sizes, workers,
+    `*_dir` folders; a `*_path` file is recorded by its name), plus the factor list and the size of
+    every split (this builds the splits). A data module may define its own `data_signature()` to
+    replace the init-arg part.
+    """
+    cls = type(datamodule)
+    sig: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+    own = getattr(datamodule, "data_signature", None)
+    if callable(own):
+        sig.update(own())
+    else:
+        hp = dict(getattr(datamodule, "hparams", {}) or {})
+        if not hp:
+            for name in inspect.signature(cls.__init__).parameters:
+                if name != "self" and hasattr(datamodule, name):
+                    hp[name] = getattr(datamodule, name)
+        for k, v in hp.items():
+            if k in _NON_DATA_KEYS or k.startswith("_") or k.endswith("_dir"):
+                continue  # serving options and folders: where data live, not what they are
+            # a file that selects the data source (e.g. dSprites npz_path): its name, not its location
+            sig[k] = Path(v).name if k.endswith("_path") and v is not None else v
+    sig["factors"] = [dataclasses.asdict(f) for f in getattr(datamodule, "factors", ())]
+    if callable(getattr(datamodule, "split_size", None)):  # the sizes as built, whatever the arg names
+        sig["split_sizes"] = {s: int(datamodule.split_size(s)) for s in getattr(datamodule, "splits", ())}
+    return _plain(sig)

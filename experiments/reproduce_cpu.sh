@@ -37,7 +37,7 @@ evaluate() {  # evaluate <run dir>: the full protocol on the test split → <run
   # its own run dir (under runs/), so the training run's metrics.csv is kept; the evaluation writes
   # metrics.json/.md into the checkpoint's run dir
   "$PY" -m sdcd test --config "$dir/config.yaml" --ckpt_path "$dir/checkpoints/last.ckpt" \
-    --model.judge_path="$JUDGE" "${EVAL_EXTRA[@]}"
+    --evaluation.judge_path="$JUDGE" "${EVAL_EXTRA[@]}"
 }
 
 if [ ! -f "$JUDGE" ]; then
@@ -48,12 +48,12 @@ fit "$OUT/autoencoder" experiments/lpc_autoencoder_cpu.yaml
 AE="$OUT/autoencoder/checkpoints/last.ckpt"
 for seed in $SEEDS; do
   fit "$OUT/lpc_shuffle_cpu/seed$seed" experiments/lpc_shuffle_cpu.yaml --seed_everything="$seed" \
-    --model.autoencoder_checkpoint="$AE" --model.judge_path="$JUDGE" "${EXTRA[@]}"
+    --model.autoencoder_checkpoint="$AE" --evaluation.judge_path="$JUDGE" "${EXTRA[@]}"
   evaluate "$OUT/lpc_shuffle_cpu/seed$seed"
 done
 for seed in $NOSHUFFLE_SEEDS; do
   fit "$OUT/lpc_noshuffle_cpu/seed$seed" experiments/lpc_noshuffle_cpu.yaml \
-    --seed_everything="$seed" --model.autoencoder_checkpoint="$AE" --model.judge_path="$JUDGE" "${EXTRA[@]}"
+    --seed_everything="$seed" --model.autoencoder_checkpoint="$AE" --evaluation.judge_path="$JUDGE" "${EXTRA[@]}"
   evaluate "$OUT/lpc_noshuffle_cpu/seed$seed"
 done
 # run dirs are <OUT>/<experiment>/seed<N>, so metrics.json names the experiment and the table groups by it

@@ -8,6 +8,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
+CONFIGS = ROOT / "tests" / "configs"  # test-only configs (tiny.yaml, tiny_judge.yaml, sweeps/tiny.yaml)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,15 +24,17 @@ def _session_cache(tmp_path_factory):
 
 @pytest.fixture
 def tiny_model_kwargs() -> dict:
-    """The narrow model of experiments/tiny.yaml."""
+    """The narrow model of tests/configs/tiny.yaml."""
     return dict(n_frames=4, frame_size=32, base_channels=8, latent_dim=16, static_hidden=32, flow_layers=2,
                 flow_hidden=32, prior_layers=2, prior_hidden=32, lstm_hidden=32, lstm_layers=1)
 
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
-    """Run in a temp dir (runs/ lands there) with the repo's experiments reachable."""
+    """Run in a temp dir (runs/ lands there) with the repo's experiments and test configs reachable."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "experiments").symlink_to(EXPERIMENTS)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "configs").symlink_to(CONFIGS)
     return tmp_path
 

@@ -41,7 +41,7 @@ from sdcd.data_modules.video import VideoSkipWarning
 from sdcd.judge import Judge, data_signature, save_judge
 
 needs_sheets = pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")
-TINY = ["--config", "experiments/tiny.yaml"]
+TINY = ["--config", "tests/configs/tiny.yaml"]
 QUICK = ["--trainer.fast_dev_run=true", "--trainer.accelerator=cpu"]
 
 
@@ -191,7 +191,7 @@ def test_an_override_of_a_parameter_that_does_not_exist_is_named(in_tmp, capsys,
     pytest.param("--data.n_train=0", "data.n_train must be a positive integer, got 0",
                  id="empty-train-split"),
     pytest.param("--data.frame_size=4", "data.frame_size must be an integer >= 8, got 4", id="tiny-frames"),
-    pytest.param("--model.eval_every_n_epochs=-1", "model.eval_every_n_epochs must be ≥ 0",
+    pytest.param("--evaluation.every_n_epochs=-1", "evaluation.every_n_epochs must be ≥ 0",
                  id="negative-eval-every"),
 ])
 def test_an_impossible_value_is_one_clear_error(in_tmp, override, message):
@@ -209,7 +209,7 @@ def test_a_judge_for_other_data_is_refused_naming_the_difference(in_tmp):
     judge = Judge(other.factors, frame_size=32, base_channels=4, embed_dim=8, hidden_size=8, head_hidden=8)
     save_judge(judge, in_tmp / "judges" / "simple.pt", data_signature(other))
     with pytest.raises(ValueError) as err:
-        main(["test", *TINY, *QUICK, "--model.judge_path=judges/simple.pt"])
+        main(["test", *TINY, *QUICK, "--evaluation.judge_path=judges/simple.pt"])
     msg = str(err.value)
     assert msg.startswith("judge 'judges/simple.pt' was trained on a different dataset config; "
                           "differing keys ['variant']")
@@ -248,7 +248,7 @@ def test_command_line_prints_one_line_for_a_bad_value_and_a_traceback_with_sdcd_
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "sdcd", "fit", "--config", "experiments/tiny.yaml", "--model.n_frames=0",
+    cmd = [sys.executable, "-m", "sdcd", "fit", "--config", "tests/configs/tiny.yaml", "--model.n_frames=0",
            "--trainer.fast_dev_run=true"]
     env = {k: v for k, v in os.environ.items() if k != "SDCD_DEBUG"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -69,7 +69,7 @@ def test_train_step_reports_consistent_rates(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     c = result["configs"]["small"]
     r = c["variants"]["eager_fp32"]
-    assert (c["batch"], c["n_frames"], c["frame_size"]) == (16, 4, 32)  # experiments/tiny.yaml
+    assert (c["batch"], c["n_frames"], c["frame_size"]) == (16, 4, 32)  # tests/configs/tiny.yaml
     assert len(r["step_s_repeats"]) == 2 and r["step_s"] > 0
     assert r["steps_per_s"] == pytest.approx(1 / r["step_s"])
     assert r["frames_per_s"] == pytest.approx(r["steps_per_s"] * 16 * 4)
@@ -103,7 +103,7 @@ def test_epoch_times_a_reduced_epoch(in_tmp):
 
 
 def _untrained_tiny_judge(path: Path, n_train: int) -> None:
-    """A judge file for the data of experiments/tiny.yaml with n_train sequences (weights untrained)."""
+    """A judge file for the data of tests/configs/tiny.yaml with n_train sequences (weights untrained)."""
     from sdcd.data_modules.dsprites import MovingDSpritesDataModule
     from sdcd.judge import Judge, data_signature, save_judge
 

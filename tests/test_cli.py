@@ -53,14 +53,14 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
 
 
 def test_override_reaches_the_model(in_tmp):
-    cli = main(["--config", "experiments/tiny.yaml", "--model.kl_weight=0.5", "--model.flow_weight=3",
+    cli = main(["--config", "tests/configs/tiny.yaml", "--model.kl_weight=0.5", "--model.flow_weight=3",
                 "--data.batch_size=8"], run=False)
     assert cli.model.hparams.kl_weight == 0.5 and cli.model.hparams.flow_weight == 3.0
     assert cli.datamodule.batch_size == 8
 
 
 def test_shuffle_schedule_override(in_tmp):
-    cli = main(["--config", "experiments/tiny.yaml", "--shuffle.every=0", "--shuffle.mode=sequence"], run=False)
+    cli = main(["--config", "tests/configs/tiny.yaml", "--shuffle.every=0", "--shuffle.mode=sequence"], run=False)
     (shuffle,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "ShuffleCallback"]
     assert shuffle.every == 0 and shuffle.mode == "sequence"
 
@@ -70,7 +70,7 @@ def test_print_config_round_trips(in_tmp):
         return subprocess.run([sys.executable, "-m", "sdcd", "fit", *args, "--print_config"], capture_output=True,
                               text=True, check=True, timeout=120).stdout
 
-    first = printed("--config", "experiments/tiny.yaml", "--model.kl_weight=0.7", "--shuffle.every=3")
+    first = printed("--config", "tests/configs/tiny.yaml", "--model.kl_weight=0.7", "--shuffle.every=3")
     assert "kl_weight: 0.7" in first and "every: 3" in first
     (in_tmp / "printed.yaml").write_text(first)
     assert printed("--config", "printed.yaml") == first
@@ -80,19 +80,19 @@ def test_print_config_round_trips(in_tmp):
 
 def test_unknown_override_is_a_clear_error(in_tmp, capsys):
     with pytest.raises(SystemExit):
-        main(["--config", "experiments/tiny.yaml", "--model.not_a_parameter=1"], run=False)
+        main(["--config", "tests/configs/tiny.yaml", "--model.not_a_parameter=1"], run=False)
     assert "not_a_parameter" in capsys.readouterr().err
 
 
 def test_shape_mismatch_between_model_and_data_is_named(in_tmp):
     with pytest.raises(ValueError, match="model.n_frames=5 does not match the data"):
-        main(["fit", "--config", "experiments/tiny.yaml", "--model.n_frames=5", "--trainer.fast_dev_run=true"])
+        main(["fit", "--config", "tests/configs/tiny.yaml", "--model.n_frames=5", "--trainer.fast_dev_run=true"])
 
 
 def test_make_train_runs_and_rejects_unknown_experiments():
     env_args = ["make", "-s", "--no-print-directory", "-C", str(ROOT)]
-    ok = subprocess.run(env_args + ["train", "EXP=tiny", "ARGS=--trainer.fast_dev_run=true"], capture_output=True,
-                        text=True, timeout=300)
+    ok = subprocess.run(env_args + ["train", "EXP=dsprites_small", "ARGS=--trainer.fast_dev_run=true"],
+                        capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     bad = subprocess.run(env_args + ["train", "EXP=no_such_exp"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0

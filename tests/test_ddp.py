@@ -23,14 +23,10 @@ from test_evaluation import Coded, OracleJudge, OracleModel
 from test_metrics_ddp import free_port
 from test_resume import DATA, MODEL, SEED, CrashAt, ResumableTinyData, assert_same_tensors
 
-from sdcd.callbacks.checkpoint import (
-    RNG_KEY,
-    AtomicCheckpointIO,
-    CheckpointMetadata,
-    RNGStateCallback,
-    rank_seed,
-)
+from sdcd.callbacks.reproducibility import RNG_KEY, CheckpointMetadata, RNGStateCallback
 from sdcd.callbacks.shuffle import ShuffleCallback
+from sdcd.checkpointing import AtomicCheckpointIO
+from sdcd.data_modules.sampling import rank_seed
 from sdcd.evaluation import evaluate
 from sdcd.model import SDCD
 

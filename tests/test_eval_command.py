@@ -17,7 +17,7 @@ def test_make_eval_writes_metrics_into_the_run_dir(in_tmp):
     run_dir = in_tmp / "runs" / "tiny" / "run-a"
     os.environ["SDCD_RUN_DIR"] = str(run_dir)
     try:
-        cli = main(["fit", "--config", "experiments/tiny.yaml", "--trainer.max_steps=2",
+        cli = main(["fit", "--config", "tests/configs/tiny.yaml", "--trainer.max_steps=2",
                     "--trainer.limit_val_batches=0",
                     "--trainer.callbacks=[]", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                     "--trainer.callbacks.save_last=true", "--trainer.callbacks+=sdcd.callbacks.visual.VisualCallback"])
@@ -33,7 +33,7 @@ def test_make_eval_writes_metrics_into_the_run_dir(in_tmp):
 
     env = {**os.environ, "WANDB_MODE": "disabled", "LOGGER": "csv"}
     out = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "eval", f"CKPT={ckpt}",
-                          f"ARGS=--model.judge_path={judge_path} --model.eval_repeats=2 "
+                          f"ARGS=--evaluation.judge_path={judge_path} --evaluation.repeats=2 "
                           "--trainer.enable_progress_bar=false"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

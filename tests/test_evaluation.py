@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from sdcd.data_modules.base import Factor, IndexedDataModule
-from sdcd.evaluation import derangement, evaluate, peers_protocol, write_results
+from sdcd.evaluation import derangement, evaluate, peers_protocol
+from sdcd.results import write_results
 
 FACTORS = (Factor("colour", 4, True), Factor("shape", 3, True), Factor("pos", 5, False, ordinal=True))
 T = 3

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from sdcd.flows import ConditionalFlow, StaticPrior, float32
+from sdcd.dynamic import ConditionalFlow
+from sdcd.flows import float32
+from sdcd.static import StaticPrior
 
 torch.manual_seed(0)
 

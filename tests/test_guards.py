@@ -5,7 +5,8 @@ import torch
 from lightning import Callback, Trainer
 from test_shuffle import RandomFrames
 
-from sdcd.model import SDCD, NonFiniteLossError
+from sdcd.guard import NonFiniteLossError
+from sdcd.model import SDCD
 
 
 class Poison(SDCD):
@@ -51,7 +52,7 @@ def test_bad_step_is_skipped_and_counted(tiny_model_kwargs):
         changed = any(not torch.equal(a, b) for a, b in zip(snap.before[step], snap.after[step]))
         assert changed == (step not in {2, 3}), step  # bad steps leave every weight untouched
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert int(model._guard["skipped"]) == 2 and int(model._guard["streak"]) == 0
+    assert int(model.guard.state["skipped"]) == 2 and int(model.guard.state["streak"]) == 0
 
 
 def test_consecutive_bad_steps_stop_training_naming_the_term(tiny_model_kwargs):
@@ -76,4 +77,4 @@ def test_nonfinite_gradient_alone_is_caught(tiny_model_kwargs):
 def test_patience_zero_keeps_training(tiny_model_kwargs):
     model = Poison(bad_steps=set(range(1, 8)), nonfinite_patience=0, **tiny_model_kwargs)
     trainer = _fit(model, 8)
-    assert trainer.global_step == 8 and int(model._guard["skipped"]) == 7
+    assert trainer.global_step == 8 and int(model.guard.state["skipped"]) == 7

@@ -158,7 +158,7 @@ def test_sprites_judge_config_builds_the_peer_judge(in_tmp):
 
 def test_fast_dev_run_scores_one_test_batch_and_writes_no_judge_file(in_tmp):
     # (every experiments/*.yaml, judge_dsprites and judge_sprites included, gets a fast_dev_run in test_cli)
-    cli = main(["fit", "--config", "experiments/tiny_judge.yaml", "--trainer.fast_dev_run=1"])
+    cli = main(["fit", "--config", "tests/configs/tiny_judge.yaml", "--trainer.fast_dev_run=1"])
     scores = cli.model.final_test_scores
     assert scores["n/sequences"] == cli.datamodule.eval_batch_size
     assert set(scores) >= {"acc/static", "acc/dynamic", "acc1/posX", "r2/scale", "is/color"}
@@ -193,7 +193,7 @@ def one_thread():
 
 
 def test_tiny_judge_learns_and_scores_real_vs_shuffled_test_sequences(in_tmp, one_thread):
-    """experiments/tiny_judge.yaml for 2 epochs (256 steps, ~30 s); then the metric on the real test
+    """tests/configs/tiny_judge.yaml for 2 epochs (256 steps, ~30 s); then the metric on the real test
     videos against their own labels, and against the labels of another sequence of the batch.
 
     At 32×32 after 256 steps colour is learnt (measured 99.2 %) and scale to within one bin (99.6 %);
@@ -204,7 +204,7 @@ def test_tiny_judge_learns_and_scores_real_vs_shuffled_test_sequences(in_tmp, on
         [
             "fit",
             "--config",
-            "experiments/tiny_judge.yaml",
+            "tests/configs/tiny_judge.yaml",
             "--trainer.max_epochs=2",
             "--trainer.logger=false",
             "--trainer.enable_progress_bar=false",
@@ -274,10 +274,10 @@ def test_judge_training_resumes_from_its_checkpoint(in_tmp, one_thread):
              "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
     ckpt_cb = ('--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
                '"init_args": {"dirpath": "ckpts", "save_last": true}}]')
-    first = main(["fit", "--config", "experiments/tiny_judge.yaml", "--trainer.max_epochs=1",
+    first = main(["fit", "--config", "tests/configs/tiny_judge.yaml", "--trainer.max_epochs=1",
                   "--trainer.enable_checkpointing=true", ckpt_cb, "--model.judge_path=j1.pt", *small])
     assert first.trainer.global_step == 4 and (in_tmp / "ckpts" / "last.ckpt").is_file()
-    resumed = main(["fit", "--config", "experiments/tiny_judge.yaml", "--trainer.max_epochs=2",
+    resumed = main(["fit", "--config", "tests/configs/tiny_judge.yaml", "--trainer.max_epochs=2",
                     "--trainer.enable_checkpointing=true", ckpt_cb, "--model.judge_path=j2.pt",
                     "--ckpt_path=ckpts/last.ckpt", *small])
     assert resumed.trainer.global_step == 8  # continued from step 4, not from scratch

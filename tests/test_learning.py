@@ -15,7 +15,7 @@ def test_tiny_training_reduces_reconstruction_error(in_tmp):
 
 
 def _train_and_check():
-    cli = main(["--config", "experiments/tiny.yaml", "--trainer.max_steps=500", "--trainer.max_epochs=-1",
+    cli = main(["--config", "tests/configs/tiny.yaml", "--trainer.max_steps=500", "--trainer.max_epochs=-1",
                 "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0",
                 "--data.n_train=2048", "--data.n_val=128"], run=False)
     dm, model, trainer = cli.datamodule, cli.model, cli.trainer

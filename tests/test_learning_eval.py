@@ -4,7 +4,7 @@ Slow (about 10 minutes on 2 CPU cores). `shuffle_experiment()` also produces the
 comparison quoted in the README (run `python tests/test_learning_eval.py`).
 
 Config: experiments/dsprites_small.yaml (8 frames of 32×32) and its judge judge_dsprites_small.yaml.
-experiments/tiny.yaml (4 frames, latent 16) is too small for this: measured, its decoder never draws
+tests/configs/tiny.yaml (4 frames, latent 16) is too small for this: measured, its decoder never draws
 colours the judge can read, and with 4 frames the mean position is nearly time-invariant.
 """
 

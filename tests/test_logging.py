@@ -20,7 +20,7 @@ from sdcd.io import atomic_write_text
 TINY_FIT = [
     "fit",
     "--config",
-    "experiments/tiny.yaml",
+    "tests/configs/tiny.yaml",
     "--trainer.max_steps=2",
     "--trainer.limit_val_batches=1",
     "--trainer.log_every_n_steps=1",
@@ -148,7 +148,7 @@ def test_explicit_logger_override_is_kept(in_tmp, monkeypatch):
 
 
 def test_fast_dev_run_sets_up_no_wandb_run(in_tmp, no_credentials, capsys):
-    cli = main(["fit", "--config", "experiments/tiny.yaml", "--trainer.fast_dev_run=true"])
+    cli = main(["fit", "--config", "tests/configs/tiny.yaml", "--trainer.fast_dev_run=true"])
     assert cli.trainer.state.finished
     out = capsys.readouterr().out
     assert "fast_dev_run: no loggers, no config.yaml" in out and "wandb sync" not in out
@@ -160,7 +160,7 @@ def test_fast_dev_run_sets_up_no_wandb_run(in_tmp, no_credentials, capsys):
 
 def test_run_dir_naming(in_tmp, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    args = ["--config", "experiments/tiny.yaml", "--trainer.max_steps=1"]
+    args = ["--config", "tests/configs/tiny.yaml", "--trainer.max_steps=1"]
     assert main(args, run=False).run_dir.parent == Path("runs/tiny")  # stem of the (last) --config
     assert main([*args, "--experiment_name=ablation"], run=False).run_dir.parent == Path("runs/ablation")
     assert (
@@ -177,9 +177,9 @@ def test_main_restores_the_run_dir_env(in_tmp, monkeypatch):
     """main() exports SDCD_RUN_DIR (so DDP children reuse rank 0's dir) only while it runs."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
-    first = main(["--config", "experiments/tiny.yaml"], run=False)
+    first = main(["--config", "tests/configs/tiny.yaml"], run=False)
     assert runs.RUN_DIR_ENV not in os.environ
-    second = main(["--config", "experiments/tiny.yaml"], run=False)
+    second = main(["--config", "tests/configs/tiny.yaml"], run=False)
     assert first.run_dir != second.run_dir
 
 

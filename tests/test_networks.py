@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sdcd.networks import StaticEncoder, product_of_gaussians
+from sdcd.static import StaticEncoder, product_of_gaussians
 
 
 def test_product_of_gaussians_matches_the_closed_form():

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from sdcd import report
+from sdcd.results import load_metrics
 
 
 def fake_run(root, name, metrics, experiment="dsprites_cond_shuffle"):
@@ -108,7 +109,7 @@ def test_by_experiment_gives_mean_and_std_over_seeds(tmp_path, monkeypatch):
     a = fake_run(tmp_path, "s0", {"swap/acc/static": {"mean": 0.90, "std": 0.01}}, experiment="lpc_shuffle_cpu")
     b = fake_run(tmp_path, "s1", {"swap/acc/static": {"mean": 0.96, "std": 0.02}}, experiment="lpc_shuffle_cpu")
     c = fake_run(tmp_path, "n0", {"swap/acc/static": {"mean": 0.50, "std": 0.0}}, experiment="lpc_noshuffle_cpu")
-    runs = [report.load_metrics(p) for p in (a, b, c)]
+    runs = [load_metrics(p) for p in (a, b, c)]
     lines = report.compare_by_experiment(runs).splitlines()
     assert lines[0] == "| experiment | runs | swap/acc/static |"
     # mean of 0.90 and 0.96 = 0.93; sample std = 0.06 / sqrt(2) = 0.0424

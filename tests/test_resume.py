@@ -15,33 +15,31 @@ import warnings
 import pytest
 import torch
 import yaml
-from conftest import EXPERIMENTS
+from conftest import CONFIGS
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import sdcd.cli
-from sdcd.callbacks.checkpoint import (
+from sdcd.callbacks.evaluation import EvaluationCallback, evaluation_callback
+from sdcd.callbacks.reproducibility import RNG_KEY, CheckpointMetadata, RNGStateCallback
+from sdcd.callbacks.shuffle import ShuffleCallback
+from sdcd.checkpointing import (
     META_KEY,
-    RNG_KEY,
     AtomicCheckpointIO,
-    CheckpointMetadata,
-    EpochRandomSampler,
-    ResumableDataLoader,
-    RNGStateCallback,
     check_checkpoint,
     keep_previous_metrics,
     load_checkpoint_for_check,
     resolve_ckpt_path,
-    run_dir_of,
 )
-from sdcd.callbacks.shuffle import ShuffleCallback
 from sdcd.data_modules import base
 from sdcd.data_modules.base import IndexDataset
 from sdcd.data_modules.dsprites import MovingDSpritesDataModule
+from sdcd.data_modules.sampling import EpochRandomSampler, ResumableDataLoader
 from sdcd.judge import Judge, data_signature, save_judge
 from sdcd.model import SDCD
+from sdcd.runs import run_dir_of
 
-TINY = yaml.safe_load((EXPERIMENTS / "tiny.yaml").read_text())
+TINY = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
 SEED = TINY["seed_everything"]
 MODEL = TINY["model"]["init_args"]
 # the tiny data, smaller: 8 steps per epoch keeps three runs of 20 steps within a few seconds
@@ -267,8 +265,9 @@ def test_checkpoint_carries_data_config_and_judge_reference_but_no_judge_weights
     from sdcd.io import file_sha256
 
     judge = tiny_judge(tmp_path / "judge.pt", ResumableTinyData(**DATA))
-    model, _, _ = fit(tmp_path, 2, judge_path=judge, eval_every_n_epochs=1, eval_val_sequences=8)
-    assert model.judge is not None  # the judge was loaded and used during fit
+    evaluation = EvaluationCallback(judge_path=judge, every_n_epochs=1, val_sequences=8)
+    model, _, _ = fit(tmp_path, 2, evaluation)
+    assert evaluation.judge is not None  # the judge was loaded and used during fit
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)  # plain types only
     meta = ckpt[META_KEY]
     assert meta["experiment"] == "tiny" and meta["model_class"] == "sdcd.model.SDCD"
@@ -401,8 +400,8 @@ CLI_STEPS = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "-
 
 def cli_fit(*args: str, crash: int | None = None):
     if crash is None:
-        return sdcd.cli.main(["fit", "--config", "experiments/tiny.yaml", *CLI_STEPS, *args])
-    cli = sdcd.cli.main(["--config", "experiments/tiny.yaml", *CLI_STEPS, *args], run=False)
+        return sdcd.cli.main(["fit", "--config", "tests/configs/tiny.yaml", *CLI_STEPS, *args])
+    cli = sdcd.cli.main(["--config", "tests/configs/tiny.yaml", *CLI_STEPS, *args], run=False)
     cli.trainer.callbacks.insert(0, CrashAt(crash))
     with pytest.raises(Interrupted):
         cli.trainer.fit(cli.model, cli.datamodule)
@@ -434,13 +433,32 @@ def test_cli_refuses_an_incompatible_checkpoint_before_writing_anything(in_tmp, 
     assert not list(in_tmp.rglob(".*.tmp"))
 
 
-def test_cli_keeps_evaluation_overrides_when_given_a_checkpoint_file(in_tmp):
-    """LightningCLI alone overwrites the config's model settings with the checkpoint's hyperparameters."""
+def test_evaluation_settings_come_from_the_command_line_not_the_checkpoint(in_tmp):
+    """LightningCLI replaces the config's model settings by the checkpoint's hyperparameters; the
+    evaluation: group is not part of them."""
     first = cli_fit("--trainer.max_steps=2")
     ckpt = first.run_dir / "checkpoints" / "last.ckpt"
-    cli = sdcd.cli.main(["validate", "--config", "experiments/tiny.yaml", *CLI_STEPS, f"--ckpt_path={ckpt}",
-                         "--model.eval_repeats=2"])
-    assert cli.model.hparams.eval_repeats == 2
+    cli = sdcd.cli.main(["validate", "--config", "tests/configs/tiny.yaml", *CLI_STEPS, f"--ckpt_path={ckpt}",
+                         "--evaluation.repeats=2"])
+    assert evaluation_callback(cli.trainer).repeats == 2
+
+
+def test_a_checkpoint_with_the_old_evaluation_model_settings_still_loads(in_tmp, capsys):
+    """Checkpoints written before the evaluation: group carry judge_path, eval_repeats, ... as SDCD
+    hyperparameters: they are accepted, ignored, and named in a one-line note."""
+    first = cli_fit("--trainer.max_steps=2")
+    ckpt = first.run_dir / "checkpoints" / "last.ckpt"
+    old = torch.load(ckpt, weights_only=False)
+    old["hyper_parameters"].update(judge_path=None, eval_repeats=5, eval_every_n_epochs=0, eval_val_sequences=1024,
+                                   peers_protocol=None, eval_probes=True)
+    torch.save(old, in_tmp / "old.ckpt")
+    cli = sdcd.cli.main(["validate", "--config", "tests/configs/tiny.yaml", *CLI_STEPS,
+                         f"--ckpt_path={in_tmp / 'old.ckpt'}"])
+    assert cli.trainer.state.finished and "eval_repeats" not in cli.model.hparams
+    printed = capsys.readouterr()
+    assert "eval_repeats, eval_every_n_epochs, eval_val_sequences" in printed.out + printed.err
+    reloaded = SDCD.load_from_checkpoint(in_tmp / "old.ckpt")  # the Python API ignores them as well
+    assert reloaded.hparams.latent_dim == cli.model.hparams.latent_dim
 
 
 def test_integration_is_in_place():

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EXPERIMENTS, ROOT
+from conftest import CONFIGS, EXPERIMENTS, ROOT
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from sdcd import sweeps
 from sdcd.cli import main
 
 SWEEP_FILES = sorted((EXPERIMENTS / "sweeps").glob("*.yaml"))
-TINY_SWEEP = EXPERIMENTS / "sweeps" / "tiny.yaml"
+TINY_SWEEP = CONFIGS / "sweeps" / "tiny.yaml"
 SMALL_DATA = [
     "--data.batch_size=4",
     "--data.eval_batch_size=4",
@@ -97,10 +97,10 @@ def test_every_point_reaches_the_callback_and_the_seed(path, in_tmp, monkeypatch
 )
 def test_one_point_fits_with_fast_dev_run_then_tests(name, in_tmp, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    sweep = sweeps.load_sweep(EXPERIMENTS / "sweeps" / f"{name}.yaml")
+    sweep = sweeps.load_sweep((CONFIGS if name == "tiny" else EXPERIMENTS) / "sweeps" / f"{name}.yaml")
     argv = agent_command(sweep, sweeps.grid_points(sweep)[-1])
     # no judge file exists here: the point is the fit → test chaining (evaluation without judge metrics)
-    fast = ["--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", "--model.judge_path=null", *SMALL_DATA]
+    fast = ["--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", "--evaluation.judge_path=null", *SMALL_DATA]
     cli = main(["fit", *cli_args(argv), *fast])
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert cli.trainer.state.fn == "test"  # --test_after_fit ran the evaluation after fit
@@ -193,7 +193,7 @@ def test_sweeps_cli_dry_run_prints_each_point(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(line.endswith("--trainer.max_steps=2") for line in lines)
     assert lines[0].startswith(
-        f"{sys.executable} -m sdcd fit --config experiments/tiny.yaml --trainer.logger=true"
+        f"{sys.executable} -m sdcd fit --config tests/configs/tiny.yaml --trainer.logger=true"
     )
 
 

@@ -253,7 +253,7 @@ def test_wandb_receives_images_and_gif_videos(tmp_path):
 
 
 def test_cli_run_writes_pictures_in_the_run_directory(in_tmp):
-    cli = main(["fit", "--config", "experiments/tiny.yaml", "--trainer.fast_dev_run=false",
+    cli = main(["fit", "--config", "tests/configs/tiny.yaml", "--trainer.fast_dev_run=false",
                 "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
                 "--trainer.callbacks+=sdcd.callbacks.visual.VisualCallback"])
     assert cli.trainer.state.finished

@@ -23,18 +23,28 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from sdcd import runs
-from sdcd.callbacks.checkpoint import (
+from sdcd.callbacks.evaluation import EvaluationCallback
+from sdcd.callbacks.reproducibility import CheckpointMetadata, RNGStateCallback
+from sdcd.callbacks.shuffle import ShuffleCallback
+from sdcd.callbacks.visual import VisualCallback
+from sdcd.checkpointing import (
+    LEGACY_EVAL_ARGS,
     AtomicCheckpointIO,
-    CheckpointMetadata,
-    RNGStateCallback,
     check_checkpoint,
     keep_previous_metrics,
     load_checkpoint_for_check,
     resolve_ckpt_path,
-    run_dir_of,
 )
-from sdcd.callbacks.shuffle import ShuffleCallback
+from sdcd.data_modules.dsprites import MovingDSpritesDataModule
+from sdcd.data_modules.sprites import SpritesDataModule
+from sdcd.data_modules.video import VideoClipDataModule
 from sdcd.io import atomic_write_text
+from sdcd.judge import JudgeModule
+from sdcd.model import SDCD
+
+# The classes configs name by their short class_path (`class_path: SDCD`): jsonargparse resolves a short
+# name among the imported subclasses of the expected base class.
+PUBLIC_CLASSES = (SDCD, JudgeModule, MovingDSpritesDataModule, SpritesDataModule, VideoClipDataModule, VisualCallback)
 
 
 class RunWandbLogger(WandbLogger):
@@ -123,20 +133,17 @@ class SaveRunConfig(SaveConfigCallback):
                 run_config.update(update, allow_val_change=True)
 
 
-# Model arguments that say how to evaluate, not what was trained: on `test --ckpt_path …` they come from
-# the config / command line, not from the checkpoint's saved hyperparameters.
-EVAL_ARGS = ("judge_path", "eval_repeats", "eval_every_n_epochs", "eval_val_sequences", "peers_protocol")
-
-
 class SDCDCLI(LightningCLI):
     run_dir: Path | None = None
     resume_dir: Path | None = None  # the run directory a resumed fit goes on in
 
     def _parse_ckpt_path(self) -> None:
+        """--ckpt_path: "last", a run directory or a file (sdcd.checkpointing.resolve_ckpt_path); when
+        evaluating a checkpoint, its model hyperparameters replace the config's (so the architecture
+        matches the weights), as Lightning does, minus the evaluation settings older checkpoints carry."""
         sub = self.config.get("subcommand")
         if not sub:
             return
-        # --ckpt_path: "last", a run directory or a file (sdcd.callbacks.checkpoint.resolve_ckpt_path)
         config = self.config[sub]
         experiment = config.get("experiment_name") or runs.experiment_name(config.get("config"))
         root = config["trainer"].get("default_root_dir") or runs.RUNS_ROOT
@@ -145,22 +152,31 @@ class SDCDCLI(LightningCLI):
         config["ckpt_path"] = ckpt  # written back: config.yaml records the checkpoint the run started from
         if sub == "fit" or not (ckpt and os.path.isfile(ckpt)):
             return  # resuming: the config must fit the checkpoint; before_fit refuses one that does not
-        load_checkpoint_for_check(ckpt)  # a clear error for an unreadable file
-        # Evaluating: Lightning replaces the model config by the checkpoint's hyperparameters (so the
-        # architecture matches the weights); keep the evaluation settings the user asked for on top of that.
-        init = self.config[sub].get("model", {}).get("init_args") if sub else None
-        keep = {k: init[k] for k in EVAL_ARGS if init is not None and k in init}
-        super()._parse_ckpt_path()
-        init = self.config[sub].get("model", {}).get("init_args") if sub else None
-        for k, v in keep.items():
-            if init is not None and k in init:
-                init[k] = v
+        hparams = dict(load_checkpoint_for_check(ckpt).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        legacy = [k for k in LEGACY_EVAL_ARGS if k in hparams]
+        for k in legacy:
+            del hparams[k]
+        if legacy:
+            runs.say(f"{ckpt}: its model settings {', '.join(legacy)} are from an older sdcd and are ignored; "
+                     f"evaluation settings are the evaluation: group now (e.g. --evaluation.judge_path=...)")
+        class_path = hparams.pop("_class_path", None)
+        if hparams:
+            model = {"class_path": class_path, "init_args": hparams} if class_path else hparams
+            self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
+
+    def _value(self, config, key: str, default=None):
+        """`key` of the running subcommand's part of `config` (or of `config` without subcommands)."""
+        part = config[self.subcommand] if self.subcommand else config
+        return part.get(key, default)
 
     def add_arguments_to_parser(self, parser) -> None:
         # The shuffle schedule is a top-level group (`shuffle:` in YAML, `--shuffle.every=0` on the
         # command line, `shuffle.every` in sweeps) instead of an entry of trainer.callbacks, whose
         # list items cannot be overridden reliably from the command line.
         parser.add_lightning_class_args(ShuffleCallback, "shuffle")
+        # How a run is scored is not a model hyperparameter: `evaluation:` (sdcd.callbacks.evaluation)
+        parser.add_lightning_class_args(EvaluationCallback, "evaluation")
         parser.add_argument(
             "--experiment_name", type=str | None, default=None,
             help="Names the run dir runs/<experiment_name>/<run id>/ (default: the last --config's stem).",
@@ -179,7 +195,7 @@ class SDCDCLI(LightningCLI):
             # written back so that the saved config.yaml, run again, lands under the same experiment
             config["experiment_name"] = runs.experiment_name(config.get("config"))
         ckpt = config.get("ckpt_path") if self.subcommand == "fit" else None
-        run_dir = run_dir_of(ckpt) if ckpt and os.path.isfile(ckpt) else None
+        run_dir = runs.run_dir_of(ckpt) if ckpt and os.path.isfile(ckpt) else None
         if run_dir is not None and run_dir.parent.name == config["experiment_name"]:
             self.resume_dir = run_dir  # a resumed fit goes on in its run directory
 
@@ -199,8 +215,8 @@ class SDCDCLI(LightningCLI):
         The logger objects and default_root_dir go to the Trainer only, not into the config, so a saved
         config.yaml run again gets a fresh run dir of its own.
         """
-        trainer_config = self._get(self.config_init, "trainer", default={})
-        experiment = self._get(self.config, "experiment_name")
+        trainer_config = self._value(self.config_init, "trainer", {})
+        experiment = self._value(self.config, "experiment_name")
         if self.resume_dir is not None and not os.environ.get(runs.RUN_DIR_ENV):
             self.run_dir = self.resume_dir  # DDP children get it from the environment like any run dir
         else:
@@ -224,7 +240,7 @@ class SDCDCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
-        if not self._get(self.config, "test_after_fit"):
+        if not self._value(self.config, "test_after_fit"):
             return
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint is not None and bool(getattr(checkpoint, "best_model_path", ""))
@@ -232,9 +248,9 @@ class SDCDCLI(LightningCLI):
 
     def _check_checkpoint(self, stage: str) -> None:
         """Refuse a checkpoint of another experiment or model config before anything is written."""
-        ckpt = self._get(self.config, "ckpt_path")
+        ckpt = self._value(self.config, "ckpt_path")
         if ckpt and os.path.isfile(ckpt):
-            experiment = self._get(self.config, "experiment_name")
+            experiment = self._value(self.config, "experiment_name")
             checkpoint = load_checkpoint_for_check(ckpt)
             check_checkpoint(checkpoint, self.model, self.datamodule, experiment, ckpt, stage)
         if stage == "fit" and self.run_dir == self.resume_dir and rank_zero_only.rank == 0:

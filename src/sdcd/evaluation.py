@@ -23,26 +23,13 @@ twice) and the sum-reduced metric states are synced in `compute()`, which every 
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from sdcd.io import atomic_write_text
 from sdcd.metrics import JudgeMetrics
-
-TESTS = ("swap", "sample_dynamics", "sample_dynamics_mean", "sample_static", "paired")
-
-# What each test is about: the keys shown in tables (all keys are logged and written to metrics.json).
-HEADLINE = {
-    "swap": ["acc/static", "acc/dynamic", "intervention"],
-    "sample_dynamics": ["acc/static", "intervention"],
-    "sample_dynamics_mean": ["acc/static", "intervention"],
-    "sample_static": ["acc/dynamic", "intervention"],
-    "paired": ["acc/static", "acc/dynamic", "intervention"],
-}
+from sdcd.results import TESTS
 
 
 def derangement(n: int, device, generator: torch.Generator | None = None) -> Tensor:
@@ -279,57 +266,3 @@ class _progress:
     def close(self) -> None:
         if self._p is not None:
             self._p.stop()
-
-
-def markdown_table(results: dict[str, dict[str, float]], title: str = "") -> str:
-    """Headline metrics per test as a Markdown table (percentages for accuracies)."""
-    lines = [f"### {title}", ""] if title else []
-    lines += ["| test | metric | mean | std |", "| --- | --- | ---: | ---: |"]
-    for test, keys in HEADLINE.items():
-        for k in keys:
-            v = results.get(f"{test}/{k}")
-            if v is not None:
-                lines.append(f"| {test} | {k} | {100 * v['mean']:.2f}% | {100 * v['std']:.2f} |")
-    for k, v in results.items():
-        if k.startswith("peers/"):
-            pct = "/acc/" in k
-            mean = f"{100 * v['mean']:.2f}%" if pct else f"{v['mean']:.4g}"
-            std = f"{100 * v['std']:.2f}" if pct else f"{v['std']:.2g}"
-            lines.append(f"| peers | {k.removeprefix('peers/')} | {mean} | {std} |")
-    return "\n".join(lines) + "\n"
-
-
-def per_factor_table(results: dict[str, dict[str, float]], factors) -> str:
-    """Accuracy of every factor under every test (Markdown)."""
-    tests = [t for t in TESTS if f"{t}/acc/{factors[0].name}" in results]
-    lines = ["| factor | kind | " + " | ".join(tests) + " |", "| --- | --- |" + " ---: |" * len(tests)]
-    for f in factors:
-        cells = [f"{100 * results[f'{t}/acc/{f.name}']['mean']:.2f}%" for t in tests]
-        lines.append(f"| {f.name} | {'static' if f.static else 'dynamic'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def probe_table(results: dict[str, dict[str, float]], factors) -> str:
-    """Linear-probe accuracy of every factor from f and from the time-mean of λ (Markdown), or ""."""
-    if f"probe/f/{factors[0].name}" not in results:
-        return ""
-    lines = ["| linear probe (train → test) | " + " | ".join(f.name for f in factors) + " |",
-             "| --- |" + " ---: |" * len(factors)]
-    for code, what in (("f", "from the static code f"), ("lam", "from the time-mean of λ")):
-        cells = [f"{100 * results[f'probe/{code}/{f.name}']['mean']:.2f}%" for f in factors]
-        lines.append(f"| {what} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(run_dir: Path, results: dict, factors, meta: dict) -> tuple[Path, Path]:
-    """`metrics.json` (all metrics, mean ± std) and `metrics.md` (readable tables) in `run_dir`."""
-    run_dir = Path(run_dir)
-    json_path, md_path = run_dir / "metrics.json", run_dir / "metrics.md"
-    atomic_write_text(json_path, json.dumps({**meta, "metrics": results}, indent=2, sort_keys=True) + "\n")
-    title = f"{meta.get('experiment', '')} — {meta.get('checkpoint', '')}".strip(" —")
-    md = markdown_table(results, title) + "\n" + per_factor_table(results, factors)
-    probes = probe_table(results, factors)
-    md += "\n" + probes if probes else ""
-    md += f"\n{meta.get('repeats', '?')} repeats over the {meta.get('split', 'test')} split; mean ± std over repeats.\n"
-    atomic_write_text(md_path, md)
-    return json_path, md_path

@@ -1,9 +1,8 @@
-"""Normalizing flows of the model, built on nflows.
+"""The normalizing-flow parts shared by the static prior (sdcd.static) and the conditional flow
+(sdcd.dynamic), built on nflows: tanh-bounded affine couplings with the official conditioner shape,
+and an i.i.d. standard normal base.
 
 nflows convention: a `Transform.forward` maps *data → noise* and returns (outputs, logabsdet (N,)).
-Here the data of the conditional flow h are the frame features x_t and its noise are the dynamic codes
-λ_t, so `forward` is the inference direction x → λ (h⁻¹, vectorised over frames, used in training)
-and `inverse` is generation λ → x (h; frame by frame because of the temporal layer).
 
 Log-dets and likelihoods are always computed in float32, even under bf16/fp16 autocast.
 """
@@ -15,8 +14,7 @@ import math
 
 import torch
 from nflows.distributions.base import Distribution
-from nflows.flows.base import Flow
-from nflows.transforms.base import CompositeTransform, Transform
+from nflows.transforms.base import Transform
 from nflows.transforms.coupling import AffineCouplingTransform
 from torch import nn
 
@@ -92,59 +90,6 @@ def couplings(features: int, context_features: int, n_layers: int, hidden: int) 
     return layers
 
 
-class FrameWise(Transform):
-    """Applies a per-frame transform to sequences: inputs (B, T, D), context (B, T, C)."""
-
-    def __init__(self, transform: Transform):
-        super().__init__()
-        self.transform = transform
-
-    def _run(self, fn, inputs, context):
-        b, t, d = inputs.shape
-        ctx = None if context is None else context.reshape(b * t, -1)
-        out, logdet = fn(inputs.reshape(b * t, d), ctx)
-        return out.reshape(b, t, d), logdet.reshape(b, t).sum(dim=1)
-
-    def forward(self, inputs, context=None):
-        return self._run(self.transform.forward, inputs, context)
-
-    def inverse(self, inputs, context=None):
-        return self._run(self.transform.inverse, inputs, context)
-
-
-class TemporalAffine(Transform):
-    """The temporal layer of h: generation u_t = λ_t·exp(s(u_{t−1}, f_t)) + m(u_{t−1}, f_t), u_0 := 0.
-
-    Every dimension is transformed, conditioned on the previous frame's *output of this layer* and on
-    the (detached: the official code cuts static-code gradients here) static code. In the inference
-    direction u → λ all u_t are known, so it is vectorised over frames; generation is sequential.
-    """
-
-    def __init__(self, features: int, context_features: int, hidden: int):
-        super().__init__()
-        self.net = Conditioner(features, 2 * features, context_features, hidden)
-
-    def _params(self, prev: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(prev, context.detach())
-        shift, raw = out.chunk(2, dim=-1)
-        return torch.tanh(raw), shift
-
-    def forward(self, inputs, context=None):  # u: (B, T, D) → λ
-        prev = torch.cat([torch.zeros_like(inputs[:, :1]), inputs[:, :-1]], dim=1)
-        log_scale, shift = self._params(prev, context)
-        return (inputs - shift) * torch.exp(-log_scale), -log_scale.sum(dim=(1, 2))
-
-    def inverse(self, inputs, context=None):  # λ: (B, T, D) → u, frame by frame
-        prev = torch.zeros_like(inputs[:, 0])
-        outs, logdet = [], inputs.new_zeros(inputs.shape[0])
-        for t in range(inputs.shape[1]):
-            log_scale, shift = self._params(prev, context[:, t])
-            prev = inputs[:, t] * torch.exp(log_scale) + shift
-            outs.append(prev)
-            logdet = logdet + log_scale.sum(dim=1)
-        return torch.stack(outs, dim=1), logdet
-
-
 class IIDStandardNormal(Distribution):
     """N(0, I) over any trailing shape (..., D): i.i.d. over frames, so sequence length is free."""
 
@@ -160,46 +105,3 @@ class IIDStandardNormal(Distribution):
 
     def _sample(self, num_samples, context):
         raise NotImplementedError("sample λ with torch.randn of the wanted (B, T, D) shape")
-
-
-class ConditionalFlow(Flow):
-    """h: λ_{1:T} ↔ x_{1:T} given per-frame static codes f_{1:T} (aggregated f repeated, or shuffled f_t).
-
-    Transform order (data → noise): 8 frame-wise couplings conditioned on f, then the temporal layer.
-    """
-
-    def __init__(self, features: int = 128, n_layers: int = 8, hidden: int = 256, temporal: bool = True):
-        blocks: list[Transform] = [FrameWise(c) for c in couplings(features, features, n_layers, hidden)]
-        if temporal:
-            blocks.append(TemporalAffine(features, features, hidden))
-        super().__init__(CompositeTransform(blocks), IIDStandardNormal(features))
-
-    @float32
-    def inverse_and_log_prob(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, T, D), context: (B, T, C) → λ: (B, T, D), log p(x | f): (B,)."""
-        lam, logdet = self._transform(x, context=context)
-        return lam, self._distribution.log_prob(lam) + logdet
-
-    @float32
-    def generate(self, lam: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """λ: (B, T, D), context: (B, T, C) → x: (B, T, D)."""
-        return self._transform.inverse(lam, context=context)[0]
-
-
-class StaticPrior(Flow):
-    """p(f): a RealNVP (tanh-bounded affine couplings, alternating masks) on a standard normal."""
-
-    def __init__(self, features: int = 128, n_layers: int = 8, hidden: int = 256):
-        super().__init__(CompositeTransform(couplings(features, 0, n_layers, hidden)), IIDStandardNormal(features))
-        self.features = features
-
-    @float32
-    def log_prob(self, inputs: torch.Tensor, context=None) -> torch.Tensor:  # f: (B, D) → (B,)
-        noise, logdet = self._transform(inputs)
-        return self._distribution.log_prob(noise) + logdet
-
-    @float32
-    def sample_like(self, n: int, reference: torch.Tensor) -> torch.Tensor:
-        """n samples f: (n, D) on the device of `reference`."""
-        z = torch.randn(n, self.features, device=reference.device, dtype=reference.dtype)
-        return self._transform.inverse(z)[0]

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 def atomic_write(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Write `path` through `fill(tmp)`, which writes the whole file at the temp path `tmp`."""
@@ -59,6 +57,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save(obj)` to `path`."""
+    import torch  # here, not at the top: `sdcd.report` writes files and should not pay for importing torch
+
     return atomic_write_stream(path, lambda fh: torch.save(obj, fh))
 
 

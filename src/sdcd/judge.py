@@ -19,7 +19,6 @@ a judge trained on other data.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import time
@@ -33,31 +32,12 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from sdcd.data_modules.base import Factor
+from sdcd.data_modules.base import Factor, data_signature
 from sdcd.io import atomic_torch_save
 from sdcd.metrics import FactorScores, distributed_valid_mask
 
 JUDGE_FORMAT = "sdcd-judge"
 JUDGE_FORMAT_VERSION = 1
-
-# Data module init args that change how batches are served, not what the data are.
-_NON_DATA_KEYS = frozenset(
-    {
-        "batch_size",
-        "eval_batch_size",
-        "drop_last",
-        "num_workers",
-        "pin_memory",
-        "persistent_workers",
-        "device",
-        "render_device",
-        "data_dir",
-        "root",
-        "cache_dir",
-        "download",
-    }
-)
-
 
 # ---------------------------------------------------------------------------------------------------
 # Network
@@ -192,48 +172,6 @@ def judge_targets(judge: Judge, labels: Tensor) -> list[Tensor]:
 # ---------------------------------------------------------------------------------------------------
 # Dataset record, save / load
 # ---------------------------------------------------------------------------------------------------
-def _plain(v: Any) -> Any:
-    """A JSON-like copy of a config value (tuples -> lists, paths -> str) for the judge record."""
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(u) for u in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(u) for k, u in v.items()}
-    return str(v)
-
-
-def data_signature(datamodule: Any) -> dict[str, Any]:
-    """The data-defining config of `datamodule`, recorded in a judge file and checked by `load_judge`.
-
-    It is the data module's class plus its init args (`hparams`, or the `__init__` parameters read
-    back as attributes), minus those that only change how data are served (batch sizes, workers,
-    `*_dir` folders; a `*_path` file is recorded by its name), plus the factor list and the size of
-    every split (this builds the splits). A data module may define its own `data_signature()` to
-    replace the init-arg part.
-    """
-    cls = type(datamodule)
-    sig: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
-    own = getattr(datamodule, "data_signature", None)
-    if callable(own):
-        sig.update(own())
-    else:
-        hp = dict(getattr(datamodule, "hparams", {}) or {})
-        if not hp:
-            for name in inspect.signature(cls.__init__).parameters:
-                if name != "self" and hasattr(datamodule, name):
-                    hp[name] = getattr(datamodule, name)
-        for k, v in hp.items():
-            if k in _NON_DATA_KEYS or k.startswith("_") or k.endswith("_dir"):
-                continue  # serving options and folders: where data live, not what they are
-            # a file that selects the data source (e.g. dSprites npz_path): its name, not its location
-            sig[k] = Path(v).name if k.endswith("_path") and v is not None else v
-    sig["factors"] = [dataclasses.asdict(f) for f in getattr(datamodule, "factors", ())]
-    if callable(getattr(datamodule, "split_size", None)):  # the sizes as built, whatever the arg names
-        sig["split_sizes"] = {s: int(datamodule.split_size(s)) for s in getattr(datamodule, "splits", ())}
-    return _plain(sig)
-
-
 def _dataset_name(datamodule: Any) -> str:
     # MovingDSpritesDataModule -> dsprites, SpritesDataModule -> sprites (the `make judge DATA=` names)
     name = type(datamodule).__name__.lower().removesuffix("datamodule").removeprefix("moving")

@@ -18,89 +18,21 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from sdcd.io import atomic_write_text
+from sdcd.results import (
+    MISSING,
+    MetricsFileError,
+    RunMetrics,
+    format_mean_std,
+    load_metrics,
+    markdown_table,
+    metric_names,
+)
 from sdcd.runs import display_path
-
-METRICS_FILE = "metrics.json"
-MISSING = "—"
-
-
-class MetricsFileError(ValueError):
-    """A metrics.json that is missing or not in the expected shape; the message names the file."""
-
-
-@dataclass
-class RunMetrics:
-    path: Path  # the metrics.json file
-    experiment: str
-    checkpoint: str
-    metrics: dict[str, tuple[float, float]]  # name -> (mean, std)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.path.parent
-
-
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MetricsFileError(f"{where}: expected a number, got {value!r}")
-    return float(value)
-
-
-def load_metrics(arg: str | Path) -> RunMetrics:
-    """Reads and checks one metrics.json (or the one in a run directory)."""
-    arg = Path(arg)
-    path = arg / METRICS_FILE if arg.is_dir() else arg
-    if not path.is_file():
-        if path.name != METRICS_FILE or not path.parent.is_dir():
-            raise MetricsFileError(f"{arg}: no such run directory or metrics.json file")
-        raise MetricsFileError(
-            f"{path}: not found; the evaluation writes it into the run dir "
-            "(`sdcd test`, or `sdcd fit --test_after_fit=true`, with model.judge_path set)"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MetricsFileError(f"{path}: not valid JSON ({err})") from None
-    expected = '{"experiment": str, "checkpoint": str, "metrics": {name: {"mean": float, "std": float}}}'
-    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-        raise MetricsFileError(f"{path}: expected an object {expected}")
-    metrics = {}
-    for name, value in data["metrics"].items():
-        if not isinstance(value, dict) or "mean" not in value or "std" not in value:
-            raise MetricsFileError(
-                f'{path}: metrics["{name}"] should be {{"mean": float, "std": float}}, got {value!r}'
-            )
-        where = f'{path}: metrics["{name}"]'
-        metrics[name] = (_number(value["mean"], f"{where}.mean"), _number(value["std"], f"{where}.std"))
-    return RunMetrics(path, str(data.get("experiment", "")), str(data.get("checkpoint", "")), metrics)
-
-
-def format_mean_std(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "nan"
-    return f"{mean:.4f} ± {std:.4f}"
-
-
-def metric_names(runs: list[RunMetrics]) -> list[str]:
-    """Every metric present in any run, in first-seen order."""
-    names: dict[str, None] = {}
-    for run in runs:
-        names.update(dict.fromkeys(run.metrics))
-    return list(names)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)]) + "\n"
 
 
 def selected_names(runs: list[RunMetrics], patterns: list[str] | None = None) -> list[str]:

@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 RUNS_ROOT = "runs"
@@ -69,6 +70,28 @@ def display_path(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- run dirs
+
+
+def run_dir_of(ckpt_path: str | os.PathLike) -> Path | None:
+    """The run directory holding a checkpoint (`<run dir>/checkpoints/<file>`), else None."""
+    parent = Path(ckpt_path).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else None
+
+
+def output_dir(trainer: Any) -> Path:
+    """Where a run's outputs (metrics.json, pictures) go: the evaluated checkpoint's run directory when
+    `trainer.ckpt_path` is a file, else the trainer's own run directory (`log_dir`, which broadcasts:
+    call this on every rank)."""
+    ckpt = getattr(trainer, "ckpt_path", None)
+    if ckpt and Path(ckpt).is_file():
+        return run_dir_of(ckpt) or Path(ckpt).resolve().parent
+    return trainer_run_dir(trainer)
+
+
+def trainer_run_dir(trainer: Any) -> Path:
+    """The trainer's own run directory: `log_dir` (the sdcd CLI makes it the run's folder), else
+    `default_root_dir`. `log_dir` broadcasts: call this on every rank."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def new_run_id(now: float | None = None) -> str:

@@ -31,7 +31,7 @@ import yaml
 
 from sdcd import runs
 from sdcd.io import atomic_write, atomic_write_text
-from sdcd.report import MetricsFileError, format_mean_std, load_metrics, markdown_table
+from sdcd.results import MetricsFileError, format_mean_std, load_metrics, markdown_table
 
 SWEEPS_ROOT = Path(runs.RUNS_ROOT) / "sweeps"
 SEED_PARAMETER = "seed_everything"
