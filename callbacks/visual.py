@@ -18,9 +18,7 @@ cell shows its frames left to right. A grid with one cell per row (`recon`) show
 Grids with several cells per row show `PNG_STRIP_FRAMES` evenly spaced frames per cell, so a 7×7
 swap grid at 64×64 stays readable (about 3.6k px wide instead of 14k).
 
-Geometry, in output pixels, for frames of side h and an upscale s (nearest neighbour): a frame is
-h·s. Frames inside a strip are `FRAME_GAP` apart, cells `CELL_GAP` apart. There is no outer border.
-The GIF adds a `BAR_HEIGHT` progress bar under the grid. Separators and empty cells are white.
+Picture geometry (gaps, bars, upscaling): docs/decisions.md.
 
 Files go to `<run dir>/pictures/<name>_epoch{E:03d}.{png,gif}`, or `<name>_test.*` at test time, and
 are written atomically. With a WandbLogger the PNGs are logged as `pictures/<name>` images and the

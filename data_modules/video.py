@@ -41,15 +41,7 @@ the GPU — and `on_after_batch_transfer` turns it into float32 in [0, 1] on the
 contract of `base.py`). Also `index` (B,) clip id within the split (`clip_source` maps it back to a
 file and frame), `video` (B,) and `start` (B,) and `split`. No `labels`: `factors = ()`.
 
-Why PyAV: its wheels bundle FFmpeg (H.264/HEVC/VP8/VP9/AV1/MPEG-4/MJPEG decoders, every common
-container), so `pip install` is enough on any OS, and it exposes what this module needs: the
-demuxer (packet counts and keyframe timestamps without decoding), keyframe seeking, the decoder's
-frame iterator (stop once the last wanted frame is out) and swscale (colour conversion plus
-antialiased resize in one C call, with a reusable context). torchvision.io's video readers were
-deprecated and are removed in torchvision 0.28 in favour of TorchCodec, which links against an
-FFmpeg the user must install and is pinned to torch versions; decord's last release is 0.6.0 (2021);
-OpenCV's VideoCapture hides the container (its frame count is a header estimate, frame-accurate
-seeking is unreliable) and decodes at full size before any resize.
+Why PyAV: docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -58,278 +50,23 @@ import hashlib
 import logging
 import math
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import av
 import numpy as np
 import torch
 import torch.distributed as dist
-from av.video.reformatter import VideoReformatter
 from lightning import LightningDataModule
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from sdcd.data_modules import video_io as vio
 from sdcd.data_modules.base import Factor
 
-log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = tuple(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .ogv .flv .wmv .3gp .gif".split())
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-SKIP_REASONS = ("unreadable", "no_video_stream", "too_short", "not_a_video")
 # per-worker counters in shared memory: clips yielded, lost while decoding, repeated to pad (DDP),
 # left out of an incomplete last batch (drop_last)
 _YIELDED, _FAILED, _PADDED, _DROPPED = range(4)
 _MAX_WORKERS = 64
-
-
-class VideoSkipWarning(UserWarning):
-    """A video file, frame folder or clip was skipped."""
-
-
-@dataclass(frozen=True)
-class VideoEntry:
-    """One usable video: a file, or a folder of frames (then `frames` lists its image names)."""
-
-    path: str
-    rel: str  # path relative to the root, with "/" separators (stable key for the val split)
-    n_frames: int
-    frames: tuple[str, ...] = ()
-
-    @property
-    def is_folder(self) -> bool:
-        return bool(self.frames)
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key that orders digit runs by value: `f2.png` < `f10.png`."""
-    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
-
-
-def clip_span(n_frames: int, frame_skip: int) -> int:
-    """Frames a clip covers in its video, from its first to its last frame."""
-    return (n_frames - 1) * frame_skip + 1
-
-
-def n_clips(video_frames: int, span: int, stride: int) -> int:
-    return (video_frames - span) // stride + 1 if video_frames >= span else 0
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-
-
-def _probe_file(path: str) -> int:
-    """Frame count of a video file from its container; raises _Skip if it is not a usable video."""
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise _Skip("no_video_stream", "the file has no video stream")
-            stream = container.streams.video[0]
-            n = stream.frames
-            if n <= 0:  # no count in the header (MKV, WebM, ...): count packets, without decoding
-                n = sum(
-                    1
-                    for packet in container.demux(stream)
-                    if packet.size and not getattr(packet, "is_discard", False)
-                )
-            return n
-    except _Skip:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise _Skip("unreadable", f"could not be opened as a video ({e})") from e
-
-
-def _probe_folder(path: str, images: list[str]) -> int:
-    try:
-        with Image.open(os.path.join(path, images[0])) as im:
-            _ = im.size  # reads the header only
-    except (OSError, ValueError) as e:
-        raise _Skip("unreadable", f"its first frame {images[0]} is not a readable image ({e})") from e
-    return len(images)
-
-
-def scan_videos(root: str, span: int, warn: bool = True) -> tuple[list[VideoEntry], dict[str, list[str]]]:
-    """Probe every candidate under `root`; return the videos with >= `span` frames and the skipped paths.
-
-    Skipped paths are grouped by reason (`SKIP_REASONS`); each gets one `VideoSkipWarning` if `warn`.
-    """
-    videos: list[VideoEntry] = []
-    skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
-
-    def skip(path: str, reason: str, detail: str) -> None:
-        skipped[reason].append(path)
-        if warn:
-            warnings.warn(f"Skipping {path}: {detail}.", VideoSkipWarning, stacklevel=3)
-
-    def add(path: str, n: int, frames: tuple[str, ...] = ()) -> None:
-        if n < span:
-            skip(path, "too_short", f"{n} frames, fewer than the {span} a clip spans")
-        else:
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            videos.append(VideoEntry(path, rel, n, frames))
-
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=natural_key)
-        images, files = [], []
-        for name in sorted((f for f in filenames if not f.startswith(".")), key=natural_key):
-            ext = os.path.splitext(name)[1].lower()
-            (images if ext in IMAGE_EXTENSIONS else files).append(name)
-        if images:
-            try:
-                add(dirpath, _probe_folder(dirpath, images), tuple(images))
-            except _Skip as s:
-                skip(dirpath, s.reason, str(s))
-        for name in files:
-            path = os.path.join(dirpath, name)
-            if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
-                skip(path, "not_a_video", "not a video extension")
-                continue
-            try:
-                add(path, _probe_file(path))
-            except _Skip as s:
-                skip(path, s.reason, str(s))
-    videos.sort(key=lambda v: natural_key(v.rel))
-    return videos, skipped
-
-
-def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(w, h) with the shorter side = `size` and the aspect ratio kept."""
-    scale = size / min(width, height)
-    return max(size, round(width * scale)), max(size, round(height * scale))
-
-
-def _crop(frame: np.ndarray, size: int, where) -> np.ndarray:
-    """The `size` x `size` window of frame (h, w, 3) at relative position `where` = (y, x) in [0, 1]."""
-    h, w = frame.shape[:2]
-    y0, x0 = round(where[0] * (h - size)), round(where[1] * (w - size))
-    return frame[y0 : y0 + size, x0 : x0 + size]
-
-
-class _MissingFrames(Exception):
-    """The decoder did not deliver a frame the index promised."""
-
-
-# seek to a keyframe when that skips decoding at least this many frames (shard starts, big strides)
-_SEEK_GAIN = 48
-_REORDER = 32  # packets demuxed past the last wanted frame: covers B-frame reordering
-
-
-def _read_frames(
-    video: VideoEntry, wanted: np.ndarray, size: int, threads: int
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (index, frame (h, w, 3) uint8 resized so the shorter side is `size`) for sorted `wanted`."""
-    if video.is_folder:
-        for i in wanted.tolist():
-            with Image.open(os.path.join(video.path, video.frames[i])) as im:
-                w, h = _resized_size(*im.size, size)
-                im.draft("RGB", (w, h))  # JPEG: decode at a reduced scale when possible
-                yield i, np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR))
-        return
-    far = int(np.diff(wanted, prepend=-1).max()) > _SEEK_GAIN
-    timeline = _frame_timeline(video.path, int(wanted[-1])) if far else None
-    with av.open(video.path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        reformatter = VideoReformatter()  # one per video: keeps its swscale context (4x faster per frame)
-
-        def rgb(frame: av.VideoFrame) -> np.ndarray:
-            w, h = _resized_size(frame.width, frame.height, size)
-            return reformatter.reformat(
-                frame, width=w, height=h, format="rgb24", interpolation="AREA"
-            ).to_ndarray()
-
-        if timeline is None:
-            yield from _decode_sequential(container, stream, wanted, rgb)
-        else:
-            yield from _decode_seeking(container, stream, wanted, rgb, *timeline)
-
-
-def _decode_sequential(
-    container, stream, wanted: np.ndarray, rgb: Callable
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode from the first frame, counting frames, up to the last wanted one."""
-    last = int(wanted[-1])
-    mask = np.zeros(last + 1, dtype=bool)
-    mask[wanted] = True
-    for i, frame in enumerate(container.decode(stream)):
-        if mask[i]:
-            yield i, rgb(frame)
-        if i >= last:
-            return
-    raise _MissingFrames(f"the video ended before frame {last}")
-
-
-def _frame_timeline(path: str, last: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """pts of the frames in presentation order (at least up to `last`), and for each frame the index of
-    the latest keyframe at or before it; from the demuxer alone. None if pts are missing or repeat."""
-    pts, key = [], []
-    with av.open(path) as container:
-        for packet in container.demux(container.streams.video[0]):
-            if not packet.size or getattr(packet, "is_discard", False):  # EOS flush; cut by an edit list
-                continue
-            if packet.pts is None:
-                return None
-            pts.append(packet.pts)
-            key.append(packet.is_keyframe)
-            if len(pts) > last + _REORDER:
-                break
-    order = np.argsort(pts, kind="stable")
-    pts_sorted, key_sorted = np.asarray(pts, dtype=np.int64)[order], np.asarray(key, dtype=bool)[order]
-    if len(pts_sorted) <= last or (np.diff(pts_sorted) == 0).any():
-        return None
-    key_at = np.maximum.accumulate(np.where(key_sorted, np.arange(len(pts_sorted)), 0))
-    return pts_sorted, key_at
-
-
-def _decode_seeking(
-    container, stream, wanted: np.ndarray, rgb: Callable, pts: np.ndarray, key_at: np.ndarray
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode the wanted frames, jumping to the keyframe before the next one when that saves work.
-
-    Frames are identified by their pts (same indices as sequential counting, variable frame rate too).
-    """
-    index_of = {p: i for i, p in enumerate(pts.tolist())}
-    pos, i, frames = -1, 0, None  # pos: index of the last frame decoded
-    sought = -1  # keyframe of the last seek: never seek to it twice (if the demuxer lands early)
-
-    def worth_seeking() -> bool:
-        key = int(key_at[wanted[i]])
-        return key > pos + _SEEK_GAIN and key != sought
-
-    while i < len(wanted):
-        if frames is None or worth_seeking():
-            if worth_seeking():
-                sought = int(key_at[wanted[i]])
-                container.seek(int(pts[sought]), stream=stream, backward=True, any_frame=False)
-            frames = container.decode(stream)
-        for frame in frames:
-            idx = index_of.get(frame.pts, -1)
-            if idx <= pos:  # leading frames of an open GOP, or not in the index
-                continue
-            pos = idx
-            if idx > wanted[i]:
-                raise _MissingFrames(f"frame {int(wanted[i])} was not decoded")
-            if idx == wanted[i]:
-                yield idx, rgb(frame)
-                i += 1
-                if i == len(wanted):
-                    return
-            if worth_seeking():
-                break  # the next wanted frame is far: seek instead of decoding up to it
-        else:
-            raise _MissingFrames(f"the video ended before frame {int(wanted[i])}")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -365,7 +102,7 @@ class VideoClipDataset(IterableDataset):
 
     def __init__(
         self,
-        videos: Sequence[VideoEntry],
+        videos: Sequence[vio.VideoEntry],
         n_frames: int,
         frame_size: int,
         stride: int,
@@ -396,8 +133,8 @@ class VideoClipDataset(IterableDataset):
         self.shuffle_buffer, self.random_crop, self.drop_last = shuffle_buffer, random_crop, drop_last
         self.seed, self.rank, self.world_size, self.decode_threads = seed, rank, world_size, decode_threads
         self.probe_skipped = dict(probe_skipped or {})
-        span = clip_span(n_frames, frame_skip)
-        self.clip_counts = np.array([n_clips(v.n_frames, span, stride) for v in self.videos], dtype=np.int64)
+        span = vio.clip_span(n_frames, frame_skip)
+        self.clip_counts = np.array([vio.n_clips(v.n_frames, span, stride) for v in self.videos], dtype=np.int64)
         self.clip_offsets = np.cumsum(self.clip_counts) - self.clip_counts  # first clip id of each video
         self.n_clips = int(self.clip_counts.sum())
         self.clips_per_rank = self.n_clips // world_size  # equal on all ranks: equal step counts
@@ -419,7 +156,7 @@ class VideoClipDataset(IterableDataset):
         n = self.clips_per_rank
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def clip_source(self, index: int) -> tuple[VideoEntry, int]:
+    def clip_source(self, index: int) -> tuple[vio.VideoEntry, int]:
         """(video, first frame) of clip id `index`."""
         if not 0 <= index < self.n_clips:
             raise IndexError(f"clip id {index} out of range for {self.n_clips} clips")
@@ -505,12 +242,12 @@ class VideoClipDataset(IterableDataset):
             cache: dict[int, np.ndarray] = {}
             done = 0
             try:
-                for i, frame in _read_frames(video, np.unique(frame_ids), s, self.decode_threads):
+                for i, frame in vio._read_frames(video, np.unique(frame_ids), s, self.decode_threads):
                     cache[i] = frame
                     while done < len(run_c) and frame_ids[done, -1] <= i:  # clip `done` is complete
                         # one relative window per clip (frames of a folder may differ in size)
                         where = rng.random(2) if self.random_crop else (0.5, 0.5)
-                        out = np.stack([_crop(cache[j], s, where) for j in frame_ids[done].tolist()])
+                        out = np.stack([vio._crop(cache[j], s, where) for j in frame_ids[done].tolist()])
                         yield int(self.clip_offsets[v] + run_c[done]), v, int(frame_ids[done, 0]), out
                         done += 1
                         first_needed = frame_ids[done, 0] if done < len(run_c) else i + 1
@@ -520,13 +257,13 @@ class VideoClipDataset(IterableDataset):
                 av.error.FFmpegError,
                 OSError,
                 SyntaxError,
-                _MissingFrames,
+                vio._MissingFrames,
             ) as e:  # PIL: OSError, SyntaxError
                 lost = len(run_c) - done
                 counters[_FAILED] += lost
                 warnings.warn(
                     f"Skipping {lost} clip(s) of {video.path}: decoding failed ({e}).",
-                    VideoSkipWarning,
+                    vio.VideoSkipWarning,
                     stacklevel=2,
                 )
 
@@ -549,7 +286,7 @@ class VideoClipDataset(IterableDataset):
     def log_summary(self) -> dict:
         s = self.summary()
         # the probe's skips were warned about at setup: only this epoch's decode failures warn again
-        log.log(
+        vio.log.log(
             logging.WARNING if s["clips_failed"] else logging.INFO,
             "video %s epoch %d (rank %d): %s",
             s["split"],
@@ -667,9 +404,9 @@ class VideoClipDataModule(LightningDataModule):
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
         self.seed, self.val_fraction = seed, val_fraction
         self.random_crop, self.drop_last = random_crop, drop_last
-        self.span = clip_span(n_frames, frame_skip)
+        self.span = vio.clip_span(n_frames, frame_skip)
         self._epoch = 0
-        self._videos: dict[str, list[VideoEntry]] | None = None
+        self._videos: dict[str, list[vio.VideoEntry]] | None = None
         self.skipped: dict[str, list[str]] = {}
 
     @property
@@ -687,14 +424,14 @@ class VideoClipDataModule(LightningDataModule):
         if not os.path.isdir(self.root):
             raise FileNotFoundError(
                 f"data.root={self.root!r} is not a folder; expected a folder of video files "
-                f"({', '.join(VIDEO_EXTENSIONS)}) and/or folders of frames"
+                f"({', '.join(vio.VIDEO_EXTENSIONS)}) and/or folders of frames"
             )
-        videos, self.skipped = scan_videos(self.root, self.span, warn=_rank_world()[0] == 0)
+        videos, self.skipped = vio.scan_videos(self.root, self.span, warn=_rank_world()[0] == 0)
         if not videos:
             skipped = ", ".join(f"{r}: {len(p)}" for r, p in self.skipped.items() if p) or "nothing found"
             raise ValueError(
                 f"data.root={self.root!r} has no usable clip: expected video files "
-                f"({', '.join(VIDEO_EXTENSIONS)}) or folders of {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} "
+                f"({', '.join(vio.VIDEO_EXTENSIONS)}) or folders of {'/'.join(e[1:] for e in vio.IMAGE_EXTENSIONS)} "
                 f"frames, with at least {self.span} frames each (n_frames={self.n_frames}, "
                 f"frame_skip={self.frame_skip}); skipped: {skipped}"
             )
@@ -715,7 +452,7 @@ class VideoClipDataModule(LightningDataModule):
             "predict": videos,
         }
 
-    def videos(self, split: str) -> list[VideoEntry]:
+    def videos(self, split: str) -> list[vio.VideoEntry]:
         """The usable videos of `split` ("train", "val", "test" or "predict": all of them)."""
         self.setup()
         if split not in self._videos:
@@ -795,7 +532,7 @@ class VideoClipDataModule(LightningDataModule):
 
     def clip_source(self, split: str, index: int) -> tuple[str, int]:
         """(path, first frame index) of clip id `index` of `split` (batch["index"])."""
-        counts = np.array([n_clips(v.n_frames, self.span, self.stride) for v in self.videos(split)])
+        counts = np.array([vio.n_clips(v.n_frames, self.span, self.stride) for v in self.videos(split)])
         if not 0 <= index < counts.sum():
             raise IndexError(f"clip id {index} out of range for the {counts.sum()} clips of split {split!r}")
         v = int(np.searchsorted(np.cumsum(counts), index, side="right"))

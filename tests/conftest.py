@@ -2,6 +2,9 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.data_files import SHEETS
+
+from sdcd.data_modules.sprites import SpritesDataModule
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -38,3 +41,13 @@ def in_tmp(tmp_path, monkeypatch):
     (tmp_path / "tests" / "configs").symlink_to(CONFIGS)
     return tmp_path
 
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A 3-character Sprites data module built from the shared LPC sheets (its own cache)."""
+    dm = SpritesDataModule(
+        batch_size=8, n_characters=3, val_characters=2, sheets_dir=str(SHEETS),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+    )  # fmt: skip
+    dm.setup()
+    return dm

@@ -17,7 +17,7 @@ repeated here:
 - an unknown model override: test_cli.py::test_unknown_override_is_a_clear_error
 - model and data disagreeing on frames: test_cli.py::test_shape_mismatch_between_model_and_data_is_named
 - crash while checkpointing, checkpoints of another experiment or model config, `--ckpt_path`
-  values: test_resume.py
+  values: test_checkpointing.py
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers.data_files import SHEETS, copy_sheets, write_valid_npy, write_video
 from PIL import Image
-from test_sprites import SHEETS, copy_sheets, small, write_valid_npy  # noqa: F401 (small: a fixture)
-from test_video import write_video
 
 from sdcd.cli import main
-from sdcd.data_modules import sprites as S
+from sdcd.data_modules import sprites_io as S
 from sdcd.data_modules.dsprites import MovingDSpritesDataModule
 from sdcd.data_modules.sprites import SpritesDataModule
-from sdcd.data_modules.video import VideoSkipWarning
+from sdcd.data_modules.video_io import VideoSkipWarning
 from sdcd.judge import Judge, data_signature, save_judge
 
 needs_sheets = pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.ddp import free_port
+from helpers.oracle import Coded, OracleJudge, OracleModel
+from helpers.tiny_run import DATA, MODEL, SEED, CrashAt, ResumableTinyData, assert_same_tensors
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_evaluation import Coded, OracleJudge, OracleModel
-from test_metrics_ddp import free_port
-from test_resume import DATA, MODEL, SEED, CrashAt, ResumableTinyData, assert_same_tensors
 
 from sdcd.callbacks.reproducibility import RNG_KEY, CheckpointMetadata, RNGStateCallback
 from sdcd.callbacks.shuffle import ShuffleCallback

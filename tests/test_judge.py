@@ -13,7 +13,8 @@ from sdcd.cli import main
 from sdcd.data_modules.base import Factor
 from sdcd.data_modules.dsprites import MovingDSpritesDataModule
 from sdcd.data_modules.sprites import SpritesDataModule
-from sdcd.judge import Judge, JudgeModule, data_signature, load_judge, read_judge_record, save_judge
+from sdcd.judge import Judge, data_signature, load_judge, read_judge_record, save_judge
+from sdcd.judge_training import JudgeModule
 from sdcd.metrics import JudgeMetrics
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

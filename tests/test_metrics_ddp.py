@@ -6,12 +6,12 @@ The DistributedSampler pads an uneven split by repeating items; `distributed_val
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.ddp import free_port
 from lightning import LightningModule, Trainer
 
 from sdcd.data_modules.base import Factor, IndexedDataModule
@@ -47,12 +47,6 @@ def reference(n: int) -> dict[str, torch.Tensor]:
     for lo in range(0, n, 4):  # another batching than the ranks use: sums must not care
         m.update(x[lo : lo + 4], labels[lo : lo + 4])
     return m.compute()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, sizes: list[int], batch: int, out_dir: str) -> None:

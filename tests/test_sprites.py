@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.data_files import SHEETS, copy_sheets, write_valid_npy
 from PIL import Image
 
-from sdcd.data_modules import sprites as S
+from sdcd.data_modules import sprites_io as S
 from sdcd.data_modules.sprites import SpritesDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
-SHEETS = (ROOT / ".." / "shared" / "data" / "lpc-sprites").resolve()
 pytestmark = pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")
 
 # The generator's layout, written out independently of the module: sheet row per (action, direction)
@@ -56,16 +56,6 @@ def tile(sheet: np.ndarray, row: int, col: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def layers() -> S.Layers:
     return S.Layers(S.ensure_sheets(SHEETS))
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> SpritesDataModule:
-    dm = SpritesDataModule(
-        batch_size=8, n_characters=3, val_characters=2, sheets_dir=str(SHEETS),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-    )  # fmt: skip
-    dm.setup()
-    return dm
 
 
 def all_rows(dm: SpritesDataModule, split: str) -> dict:
@@ -233,12 +223,6 @@ def test_npy_layout_round_trip(small, tmp_path):
         assert torch.equal(a["x"], b["x"]) and torch.equal(a["labels"], b["labels"]), split
 
 
-def write_valid_npy(small, folder: Path) -> Path:
-    folder.mkdir()
-    small.export_npy(folder)
-    return folder
-
-
 def npy_error(folder: Path) -> str:
     with pytest.raises((ValueError, FileNotFoundError)) as err:
         SpritesDataModule(npy_dir=str(folder), n_characters=3, val_characters=2).setup()
@@ -279,14 +263,6 @@ def test_npy_layout_errors_name_the_file(small, tmp_path):
         shutil.copy(bad / f"sprites_{kind}_test.npy", bad / f"sprites_{kind}_train.npy")
     msg = npy_error(bad)
     assert "sprites_A_train.npy" in msg and "not in the published train split" in msg
-
-
-# -- sheet verification and download -------------------------------------------------------------------
-def copy_sheets(dest: Path) -> Path:
-    for rel in S.expected_sha256():
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SHEETS / rel, dest / rel)
-    return dest
 
 
 def test_shipped_hashes_are_those_of_the_sheets():

@@ -11,42 +11,20 @@ import logging
 import os
 import warnings
 
-import av
 import numpy as np
 import pytest
 import torch
+from helpers.data_files import write_video
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sdcd.data_modules import video
-from sdcd.data_modules.video import VideoClipDataModule, VideoSkipWarning
+from sdcd.data_modules import video_io
+from sdcd.data_modules.video import VideoClipDataModule
+from sdcd.data_modules.video_io import VideoSkipWarning
 
 os.environ.setdefault("WANDB_MODE", "disabled")
-
-
-# -- generated data ----------------------------------------------------------------------------------
-def write_video(path, n: int, width: int = 32, height: int = 32, codec: str = "libx264", **kw):
-    """`n` uniform frames coloured by their index (see the module docstring).
-
-    kw: `faststart` (index at the front), `noise` (add noise, so frame data dominates the file), `gop`.
-    """
-    options = {"crf": "0", "g": str(kw.get("gop", 250))} if codec == "libx264" else {}
-    rng = np.random.default_rng(0)
-    with av.open(
-        str(path), "w", options={"movflags": "faststart"} if kw.get("faststart") else {}
-    ) as container:
-        stream = container.add_stream(codec, rate=25, options=options)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        for i in range(n):
-            frame = np.empty((height, width, 3), np.uint8)
-            frame[:, : width // 2], frame[:, width // 2 :] = 8 * (i % 32) + 4, 8 * (i // 32) + 4
-            if kw.get("noise"):
-                frame = (frame + rng.integers(0, 3, frame.shape)).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
 
 
 def write_frames(folder, n: int, width: int = 32, height: int = 32, names: str = "f{}.png"):
@@ -325,8 +303,8 @@ def test_decode_failure_under_ddp_pads_to_equal_steps(tmp_path):
 def test_seeking_reads_the_same_frames_as_decoding_through(tmp_path, monkeypatch):
     write_video(tmp_path / "long.mp4", 300, gop=12)
     seeks = []
-    decode_seeking = video._decode_seeking
-    monkeypatch.setattr(video, "_decode_seeking", lambda *a: seeks.append(1) or decode_seeking(*a))
+    decode_seeking = video_io._decode_seeking
+    monkeypatch.setattr(video_io, "_decode_seeking", lambda *a: seeks.append(1) or decode_seeking(*a))
 
     def clips(**kwargs):
         dm = make_dm(tmp_path, n_frames=3, frame_skip=2, **kwargs)
@@ -338,7 +316,7 @@ def test_seeking_reads_the_same_frames_as_decoding_through(tmp_path, monkeypatch
     assert len(seeks) == 2  # both readers jump between keyframes
     dense = clips(stride=6, shuffle_buffer=0)
     assert len(seeks) == 3  # only rank 1, which starts mid-video
-    monkeypatch.setattr(video, "_SEEK_GAIN", 10**9)  # decode every frame from the first
+    monkeypatch.setattr(video_io, "_SEEK_GAIN", 10**9)  # decode every frame from the first
     through = clips(stride=70) + clips(stride=6, shuffle_buffer=0)
     assert len(seeks) == 3 and len(through) == len(batches + dense)
     for seeking, plain in zip(batches + dense, through, strict=True):

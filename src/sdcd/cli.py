@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from sdcd import runs
+from sdcd.baselines import DBSE, DSVAE
 from sdcd.callbacks.evaluation import EvaluationCallback
 from sdcd.callbacks.reproducibility import CheckpointMetadata, RNGStateCallback
 from sdcd.callbacks.shuffle import ShuffleCallback
@@ -39,12 +40,13 @@ from sdcd.data_modules.dsprites import MovingDSpritesDataModule
 from sdcd.data_modules.sprites import SpritesDataModule
 from sdcd.data_modules.video import VideoClipDataModule
 from sdcd.io import atomic_write_text
-from sdcd.judge import JudgeModule
+from sdcd.judge_training import JudgeModule
 from sdcd.model import SDCD
 
 # The classes configs name by their short class_path (`class_path: SDCD`): jsonargparse resolves a short
 # name among the imported subclasses of the expected base class.
-PUBLIC_CLASSES = (SDCD, JudgeModule, MovingDSpritesDataModule, SpritesDataModule, VideoClipDataModule, VisualCallback)
+PUBLIC_CLASSES = (SDCD, DSVAE, DBSE, JudgeModule, MovingDSpritesDataModule, SpritesDataModule, VideoClipDataModule,
+                  VisualCallback)
 
 
 class RunWandbLogger(WandbLogger):

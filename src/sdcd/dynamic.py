@@ -111,12 +111,19 @@ class LSTMPrior(nn.Module):
         shift, log_scale = self.heads(h).chunk(2, dim=-1)
         return shift, log_scale
 
-    def log_prob(self, lam: torch.Tensor) -> torch.Tensor:
-        """λ: (B, T, D) → log p(λ): (B,), float32 (teacher forcing, vectorised over frames)."""
+    def params(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """λ: (B, T, D) → the per-step prior mean and log-scale (B, T, D) given λ_<t (teacher forcing,
+        vectorised over frames), float32."""
         lam = lam.float()
         with torch.autocast(device_type=lam.device.type, enabled=False):
             h, _ = self.lstm(F.pad(lam[:, :-1], (0, 0, 1, 0)))
-            shift, log_scale = self._params(h)
+            return self._params(h)
+
+    def log_prob(self, lam: torch.Tensor) -> torch.Tensor:
+        """λ: (B, T, D) → log p(λ): (B,), float32."""
+        lam = lam.float()
+        shift, log_scale = self.params(lam)
+        with torch.autocast(device_type=lam.device.type, enabled=False):
             eps = (lam - shift) * torch.exp(-log_scale)
             log_n = -0.5 * (eps**2 + math.log(2 * math.pi))
             return (log_n - log_scale).sum(dim=(1, 2))

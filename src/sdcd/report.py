@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-from sdcd.io import atomic_write_text
+from sdcd.io import atomic_write, atomic_write_text
 from sdcd.results import (
     MISSING,
     MetricsFileError,
@@ -57,25 +57,58 @@ def compare(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
     return markdown_table(["run", "experiment", *names], rows)
 
 
-def compare_by_experiment(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
-    """One row per experiment: mean ± std (over its runs) of each run's mean; std 0 for a single run."""
-    names = selected_names(runs, patterns)
+def by_experiment(runs: list[RunMetrics], names: list[str]) -> dict[str, tuple[int, dict[str, tuple[float, float]]]]:
+    """experiment → (number of runs, {metric: (mean, std) over its runs of each run's mean}); std 0 for
+    a single run; a metric no run of the experiment has is left out."""
     groups: dict[str, list[RunMetrics]] = {}
     for run in runs:
         groups.setdefault(run.experiment or MISSING, []).append(run)
-    rows = []
+    out = {}
     for exp, members in groups.items():
-        cells = []
+        stats = {}
         for n in names:
             vals = [r.metrics[n][0] for r in members if n in r.metrics]
-            if not vals:
-                cells.append(MISSING)
-                continue
-            mean = sum(vals) / len(vals)
-            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-            cells.append(format_mean_std(mean, std))
-        rows.append([exp, str(len(members)), *cells])
+            if vals:
+                mean = sum(vals) / len(vals)
+                std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+                stats[n] = (mean, std)
+        out[exp] = (len(members), stats)
+    return out
+
+
+def compare_by_experiment(runs: list[RunMetrics], patterns: list[str] | None = None) -> str:
+    """One row per experiment: mean ± std (over its runs) of each run's mean; std 0 for a single run."""
+    names = selected_names(runs, patterns)
+    rows = [[exp, str(n), *(format_mean_std(*stats[m]) if m in stats else MISSING for m in names)]
+            for exp, (n, stats) in by_experiment(runs, names).items()]
     return markdown_table(["experiment", "runs", *names], rows)
+
+
+def plot_by_experiment(runs: list[RunMetrics], patterns: list[str] | None, path: Path) -> None:
+    """Grouped bars: one group per metric, one bar per experiment (mean ± std over its runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = selected_names(runs, patterns)
+    groups = by_experiment(runs, names)
+    width = 0.8 / max(1, len(groups))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) * max(1, len(groups)) / 2), 4))
+    for k, (exp, (n, stats)) in enumerate(groups.items()):
+        xs = [i + (k - (len(groups) - 1) / 2) * width for i, m in enumerate(names) if m in stats]
+        ys = [stats[m][0] for m in names if m in stats]
+        err = [stats[m][1] for m in names if m in stats]
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=f"{exp} ({n})")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("mean ± std over runs")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="+", metavar="PATTERN", help="only these, e.g. 'swap/acc/*'")
     parser.add_argument("--by-experiment", action="store_true",
                         help="one row per experiment: mean ± std over its runs (e.g. seeds)")
+    parser.add_argument("--plot", type=Path, help="also draw the by-experiment means ± std as a bar chart (PNG)")
     args = parser.parse_args(argv)
     try:
         runs = [load_metrics(arg) for arg in args.runs]
@@ -95,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table, end="")
     if args.out:
         atomic_write_text(args.out, table)
+    if args.plot:
+        plot_by_experiment(runs, args.metrics, args.plot)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from helpers.data import RandomFrames
 from lightning import Callback, Trainer
-from test_shuffle import RandomFrames
 
 from sdcd.guard import NonFiniteLossError
 from sdcd.model import SDCD

@@ -1,9 +1,12 @@
+"""sdcd.static: the static encoder, the product of Gaussians and the RealNVP static prior."""
+
 import math
 
 import pytest
 import torch
+from helpers.flows import randomise, std_normal_log_prob
 
-from sdcd.static import StaticEncoder, product_of_gaussians
+from sdcd.static import StaticEncoder, StaticPrior, product_of_gaussians
 
 
 def test_product_of_gaussians_matches_the_closed_form():
@@ -38,3 +41,16 @@ def test_static_encoder_kinds(kind):
 def test_static_encoder_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="model.static_encoder must be one of mlp, linear"):
         StaticEncoder(16, 8, 6, "conv")
+
+
+def test_static_prior_inverts_and_logdet():
+    prior = StaticPrior(features=6, n_layers=4, hidden=16).double()
+    randomise(prior)
+    f = torch.randn(3, 6, dtype=torch.double)
+    z, logdet = prior._transform(f)
+    torch.testing.assert_close(prior._transform.inverse(z)[0], f, atol=1e-10, rtol=0)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda v: prior._transform(v[None])[0][0], f[i])
+        torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jac)[1], atol=1e-8, rtol=0)
+    torch.testing.assert_close(prior.log_prob(f).double(), std_normal_log_prob(z) + logdet, atol=1e-4, rtol=1e-5)
+    assert prior.sample_like(7, f).shape == (7, 6)
