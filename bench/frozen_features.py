@@ -59,15 +59,26 @@ def feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 2
     return torch.cat(feats), torch.cat(labels)
 
 
+def random_gains(x: torch.Tensor, generator: torch.Generator, low: float = 0.25) -> torch.Tensor:
+    """x: (B, T, C, H, W) with each sequence's colour channels scaled by random gains in [low, 1] (one
+    triple per sequence, the same for all its frames): colours *and* brightness change, shapes and
+    motion do not (the black background stays black)."""
+    g = low + (1 - low) * torch.rand(x.shape[0], 1, x.shape[2], 1, 1, generator=generator)
+    return x * g.to(x.device, x.dtype)
+
+
 @torch.no_grad()
-def augmented_feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 256, seed: int = 0):
-    """(N, T, D) feature means of each sequence with its RGB channels permuted by a random non-identity
-    permutation (one per sequence, `sdcd.model.permute_colours`): colours change, shapes and motion do not."""
+def augmented_feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 256, seed: int = 0,
+                            kind: str = "rgbperm"):
+    """(N, T, D) feature means of each sequence after a colour augmentation (one draw per sequence):
+    "rgbperm" permutes its RGB channels (`sdcd.augmentation.permute_colours`: a random non-identity
+    permutation; brightness is kept), "gain" scales them by random gains (`random_gains`)."""
     g = torch.Generator().manual_seed(seed)
     n = dm.split_size(split)
     feats = []
     for i in range(0, n, batch):
-        x = permute_colours(dm.batch(split, torch.arange(i, min(n, i + batch)))["x"], g)
+        x = dm.batch(split, torch.arange(i, min(n, i + batch)))["x"]
+        x = permute_colours(x, g) if kind == "rgbperm" else random_gains(x, g)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             feats.append(model.frame_features(x, noise=False).float())
     return torch.cat(feats)
@@ -109,6 +120,8 @@ def main() -> None:
                          "λ(x') and f(x)) and charge the squared error in feature space, which a flow cannot "
                          "dodge by shrinking λ's colour directions")
     ap.add_argument("--temperature", type=float, default=0.1)
+    ap.add_argument("--aug-kind", choices=["rgbperm", "gain"], default="rgbperm",
+                    help="the colour augmentation: permuted RGB channels, or random per-channel gains")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -133,11 +146,11 @@ def main() -> None:
         torch.save((e_train, y_train, e_test, y_test), cache)
     e_aug = None
     if args.aug_weight:
-        aug_cache = f"{args.ae}.features-rgbperm.pt"
+        aug_cache = f"{args.ae}.features-{args.aug_kind}.pt"
         try:
             e_aug = torch.load(aug_cache)
         except FileNotFoundError:
-            e_aug = augmented_feature_means(model, dm, "train")
+            e_aug = augmented_feature_means(model, dm, "train", kind=args.aug_kind)
             torch.save(e_aug, aug_cache)
     names = [f.name for f in dm.factors]
     static = [i for i, f in enumerate(dm.factors) if f.static]
