@@ -168,3 +168,42 @@ class CheckpointMetadata(Callback):
             judge = evaluation.judge_path if evaluation is not None else None
             self._meta = describe_run(pl_module, trainer.datamodule, self.experiment, judge)
         checkpoint[META_KEY] = {**self._meta, "world_size": trainer.world_size}
+
+
+class Reproducibility(RNGStateCallback):
+    """The CLI's `reproducibility:` group: random states (`RNGStateCallback`) and run metadata
+    (`CheckpointMetadata`) in every checkpoint, so that a resumed run repeats the interrupted one and
+    a checkpoint can be checked against the run that loads it.
+
+    Args:
+        rng_states: Save the random states and restore them on resume (exact resume); false resumes
+            with fresh random streams.
+        experiment: The experiment name recorded in checkpoints; the CLI sets it from
+            `experiment_name` when left unset.
+    """
+
+    def __init__(self, rng_states: bool = True, experiment: str | None = None):
+        super().__init__()
+        self.rng_states = rng_states
+        self.metadata = CheckpointMetadata(experiment)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        if self.rng_states:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        self.metadata.on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        if self.rng_states:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.rng_states:
+            super().on_train_start(trainer, pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.rng_states:
+            super().on_validation_start(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.rng_states:
+            super().on_validation_end(trainer, pl_module)

@@ -7,6 +7,8 @@
 #   SEEDS    training seeds (default "0 1");  STEPS  training steps per run (default 2500)
 #   VARIANTS default "cond simple";  METHODS default "sdcd_shuffle sdcd_noshuffle dsvae dbse"
 #   JOBS     runs at a time (default 2, one thread each);  ARGS  extra overrides for every training run
+#   DATA_ARGS  data overrides for the judges *and* the models (they must see the same data), e.g. a
+#            smoke run: DATA_ARGS="--data.n_train=64 --data.n_test=32" JUDGE_ARGS="--trainer.max_epochs=1"
 # Finished steps are skipped (a run with metrics.json, a judge file that exists), so the script can be
 # run again after an interruption. The table (<OUT>/table.md) and the plot (<OUT>/plot.png) are
 # written at the end from every metrics.json found.
@@ -19,17 +21,21 @@ STEPS=${STEPS:-2500}
 VARIANTS=${VARIANTS:-"cond simple"}
 METHODS=${METHODS:-"sdcd_shuffle sdcd_noshuffle dsvae dbse"}
 JOBS=${JOBS:-2}
+JUDGES=${JUDGES:-judges}  # where the two judge files are (or are written)
 read -r -a EXTRA <<< "${ARGS:-}"
+read -r -a DATA <<< "${DATA_ARGS:-}"
+read -r -a JUDGE_EXTRA <<< "${JUDGE_ARGS:-}"
 export LOGGER=csv WANDB_MODE=${WANDB_MODE:-disabled} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 log() { echo "baselines-cpu: $*" | tee -a "$OUT/log.txt"; }
 
 for v in $VARIANTS; do  # one judge per variant, on exactly the data the models see
-  judge="judges/dsprites_small_$v.pt"
+  judge="$JUDGES/dsprites_small_$v.pt"
   if [ -f "$judge" ]; then log "$judge exists, skipped"; continue; fi
   log "training $judge"
   "$PY" -m sdcd fit --config experiments/judge_dsprites_small.yaml --data.variant="$v" \
-    --model.judge_path="$judge" --trainer.enable_progress_bar=false >> "$OUT/log.txt" 2>&1
+    --model.judge_path="$judge" --trainer.enable_progress_bar=false "${DATA[@]}" "${JUDGE_EXTRA[@]}" \
+    >> "$OUT/log.txt" 2>&1
 done
 
 config_of() {  # method → config and overrides
@@ -50,9 +56,9 @@ run_one() {  # run_one <variant> <method> <seed>
   local start=$SECONDS
   # shellcheck disable=SC2046
   SDCD_RUN_DIR="$dir" "$PY" -m sdcd fit --config $(config_of "$m") --experiment_name="$v-$m" \
-    --seed_everything="$s" --data.variant="$v" --evaluation.judge_path="judges/dsprites_small_$v.pt" \
+    --seed_everything="$s" --data.variant="$v" --evaluation.judge_path="$JUDGES/dsprites_small_$v.pt" \
     --trainer.max_steps="$STEPS" --test_after_fit=true --trainer.enable_progress_bar=false \
-    "${EXTRA[@]}" > "$dir/train.log" 2>&1 || { log "$dir: FAILED (see $dir/train.log)"; return; }
+    "${DATA[@]}" "${EXTRA[@]}" > "$dir/train.log" 2>&1 || { log "$dir: FAILED (see $dir/train.log)"; return; }
   log "$dir: $((SECONDS - start)) s"
 }
 

@@ -13,6 +13,8 @@ import os
 
 import pytest
 import torch
+import yaml
+from conftest import CONFIGS
 from helpers.tiny_run import (
     DATA,
     MODEL,
@@ -392,3 +394,18 @@ def test_a_checkpoint_with_the_old_evaluation_model_settings_still_loads(in_tmp,
 
 def test_integration_is_in_place():
     assert _pending() == []
+
+
+def test_an_old_config_with_evaluation_model_settings_is_read_as_the_evaluation_group(in_tmp, capsys):
+    """A run's config.yaml saved by an older sdcd (what `make eval CKPT=…` reads) still parses: its
+    evaluation model settings become the evaluation: group, with a one-line note."""
+    old = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    old["model"]["init_args"].update(judge_path="judges/x.pt", eval_repeats=3, eval_every_n_epochs=0,
+                                     eval_val_sequences=64, peers_protocol=None, eval_probes=False)
+    (in_tmp / "config.yaml").write_text(yaml.safe_dump(old))
+    cli = sdcd.cli.main(["--config", str(in_tmp / "config.yaml")], run=False)
+    evaluation = evaluation_callback(cli.trainer)
+    assert (evaluation.judge_path, evaluation.repeats, evaluation.val_sequences, evaluation.probes) == (
+        "judges/x.pt", 3, 64, False)
+    assert "judge_path" not in cli.model.hparams
+    assert "are from an older sdcd; read as the evaluation: group" in capsys.readouterr().out

@@ -7,6 +7,9 @@ import pytest
 import yaml
 from conftest import EXPERIMENTS, ROOT
 
+from sdcd.callbacks.evaluation import EvaluationCallback
+from sdcd.callbacks.reproducibility import Reproducibility
+from sdcd.callbacks.shuffle import ShuffleCallback
 from sdcd.cli import main
 
 EXPERIMENT_FILES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
@@ -21,7 +24,7 @@ def _needs_small_batch(name: str) -> bool:
 
 def _video_folder(root):
     """Four short generated videos (the video experiment needs a folder the user names)."""
-    from test_video import write_video
+    from helpers.data_files import write_video
 
     root.mkdir()
     for i in range(4):
@@ -115,3 +118,16 @@ def test_each_noshuffle_config_differs_from_its_shuffle_config_only_in_shuffle_e
     assert shuffle["shuffle"]["every"] >= 1 and noshuffle["shuffle"]["every"] == 0
     shuffle["shuffle"].pop("every"), noshuffle["shuffle"].pop("every")
     assert shuffle == noshuffle
+
+
+def test_print_config_shows_every_callback_group_and_the_trainer_runs_them(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "tests/configs/tiny.yaml", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert {"shuffle", "evaluation", "reproducibility"} <= set(printed)
+    assert printed["evaluation"]["judge_path"] is None and printed["reproducibility"]["rng_states"] is True
+    cli = main(["--config", "tests/configs/tiny.yaml", "--reproducibility.rng_states=false"], run=False)
+    kinds = [type(c) for c in cli.trainer.callbacks]
+    assert kinds.count(Reproducibility) == kinds.count(EvaluationCallback) == kinds.count(ShuffleCallback) == 1
+    (repro,) = [c for c in cli.trainer.callbacks if isinstance(c, Reproducibility)]
+    assert repro.rng_states is False and repro.metadata.experiment == "tiny"

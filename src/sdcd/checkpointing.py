@@ -31,9 +31,9 @@ META_VERSION = 1
 LIGHTNING_SPECIAL_PATHS = ("best", "hpc")  # --ckpt_path values Lightning resolves itself
 SHAPE_DIFFS_SHOWN = 5
 # SDCD model arguments of older sdcd versions that said how to evaluate (now the `evaluation:` group):
-# accepted in old checkpoints and ignored.
-LEGACY_EVAL_ARGS = ("judge_path", "eval_repeats", "eval_every_n_epochs", "eval_val_sequences", "peers_protocol",
-                    "eval_probes")
+# accepted in old checkpoints and ignored; in old config files read as that group (name there).
+LEGACY_EVAL_ARGS = {"judge_path": "judge_path", "eval_repeats": "repeats", "eval_every_n_epochs": "every_n_epochs",
+                    "eval_val_sequences": "val_sequences", "peers_protocol": "peers_protocol", "eval_probes": "probes"}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -11,6 +11,8 @@ W&B (offline without credentials) plus a CSVLogger; `LOGGER=csv` or `--trainer.l
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from sdcd import runs
 from sdcd.baselines import DBSE, DSVAE
 from sdcd.callbacks.evaluation import EvaluationCallback
-from sdcd.callbacks.reproducibility import CheckpointMetadata, RNGStateCallback
+from sdcd.callbacks.reproducibility import Reproducibility
 from sdcd.callbacks.shuffle import ShuffleCallback
 from sdcd.callbacks.visual import VisualCallback
 from sdcd.checkpointing import (
@@ -179,6 +181,8 @@ class SDCDCLI(LightningCLI):
         parser.add_lightning_class_args(ShuffleCallback, "shuffle")
         # How a run is scored is not a model hyperparameter: `evaluation:` (sdcd.callbacks.evaluation)
         parser.add_lightning_class_args(EvaluationCallback, "evaluation")
+        # Random states and run metadata in every checkpoint (callbacks/reproducibility.py)
+        parser.add_lightning_class_args(Reproducibility, "reproducibility")
         parser.add_argument(
             "--experiment_name", type=str | None, default=None,
             help="Names the run dir runs/<experiment_name>/<run id>/ (default: the last --config's stem).",
@@ -233,7 +237,9 @@ class SDCDCLI(LightningCLI):
             kwargs["logger"] = default_loggers(self.run_dir, experiment, fast_dev_run=fast_dev_run)
         kwargs["default_root_dir"] = str(self.run_dir)
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks[:0] = [RNGStateCallback(), CheckpointMetadata(experiment)]  # before ModelCheckpoint
+        for callback in trainer.callbacks:
+            if isinstance(callback, Reproducibility) and callback.metadata.experiment is None:
+                callback.metadata.experiment = experiment
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # unless the config chose another IO
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for checkpoint in trainer.checkpoint_callbacks:
@@ -270,8 +276,49 @@ class SDCDCLI(LightningCLI):
         self._check_checkpoint("test")
 
 
+def upgrade_config(path: str) -> str:
+    """A config.yaml written by an older sdcd (a run's saved config) has the evaluation settings in the
+    model block; returns the path of a copy with them in the `evaluation:` group (with a one-line note),
+    or `path` itself when there is nothing to move."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return path  # not ours to judge here: the parser reports it
+    init = ((config or {}).get("model") or {}).get("init_args") if isinstance(config, dict) else None
+    moved = {LEGACY_EVAL_ARGS[k]: init.pop(k) for k in list(init or ()) if k in LEGACY_EVAL_ARGS}
+    if not moved:
+        return path
+    evaluation = config.setdefault("evaluation", None) or {}
+    config["evaluation"] = {**moved, **evaluation}
+    runs.say(f"{path}: model settings {', '.join(k for k in LEGACY_EVAL_ARGS if LEGACY_EVAL_ARGS[k] in moved)} "
+             "are from an older sdcd; read as the evaluation: group")
+    fd, upgraded = tempfile.mkstemp(prefix=f"{Path(path).stem}.", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    return upgraded
+
+
+def _upgrade_configs(args: list[str] | None) -> list[str] | None:
+    """`--config X` / `--config=X` arguments with `upgrade_config` applied."""
+    if args is None:
+        return None
+    out, it = [], iter(args)
+    for a in it:
+        if a in ("--config", "-c"):
+            out += [a, upgrade_config(next(it, ""))]
+        elif a.startswith("--config="):
+            out.append("--config=" + upgrade_config(a.split("=", 1)[1]))
+        else:
+            out.append(a)
+    return out
+
+
 def main(args: list[str] | None = None, run: bool = True) -> SDCDCLI:
     os.environ.setdefault("WANDB_SILENT", "true")
+    if args is None:  # the command line: LightningCLI reads sys.argv
+        sys.argv[1:] = _upgrade_configs(sys.argv[1:])
+    else:
+        args = _upgrade_configs(args)
     previous_run_dir = os.environ.get(runs.RUN_DIR_ENV)
     failed = True
     try:
@@ -305,8 +352,6 @@ def run_cli(args: list[str] | None = None) -> None:
     """The command line (`python -m sdcd`, `sdcd`): a user's mistake — a bad override, an impossible
     value, a missing file — prints one line naming it and exits with status 2, no traceback.
     SDCD_DEBUG=1 shows the traceback."""
-    import sys
-
     try:
         main(args)
     except USER_ERRORS as err:

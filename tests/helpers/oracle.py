@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from sdcd.data_modules.base import Factor, IndexedDataModule
+from sdcd.interface import Codes
 
 FACTORS = (Factor("colour", 4, True), Factor("shape", 3, True), Factor("pos", 5, False, ordinal=True))
 
@@ -65,8 +66,6 @@ class OracleModel(nn.Module):
         self.w = nn.Parameter(torch.zeros(()))
 
     def encode(self, x, mean=False):
-        from sdcd.model import Codes
-
         code = x[:, :, 0, 0, :3]
         return Codes(f=code[:, 0, :2], f_mean=code[:, 0, :2], lam=code[:, :, 2:], features=code)
 
