@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sdcd.augmentation import augmentation_term, permute_colours
+from sdcd.augmentation import augmentation_term, permute_colours, random_gains, swap_term
+from sdcd.model import SDCD
 
 
 def test_permute_colours_changes_colours_never_shapes_or_time():
@@ -27,3 +28,27 @@ def test_infonce_term_is_low_when_copies_match_and_high_when_shuffled():
 def test_permuting_needs_three_channels():
     with pytest.raises(ValueError, match="needs 3 channels, got 1"):
         permute_colours(torch.rand(2, 4, 1, 8, 8))
+
+
+def test_random_gains_scale_each_channel_of_a_sequence_by_one_gain_and_keep_black_black():
+    x = torch.rand(8, 4, 3, 8, 8)
+    x[:, :, :, 0, 0] = 0
+    y = random_gains(x, torch.Generator().manual_seed(0))
+    gain = y / x
+    assert torch.all(y[:, :, :, 0, 0] == 0)
+    g = gain[:, :, :, 1:, 1:].flatten(3)
+    torch.testing.assert_close(g.amin(3), g.amax(3))  # one gain per channel ...
+    torch.testing.assert_close(g[:, :1].expand_as(g), g)  # ... and per sequence
+    assert g.min() >= 0.25 and g.max() <= 1.0
+
+
+def test_swap_term_is_small_for_identical_copies_large_for_strangers_and_trains_f_and_h(tiny_model_kwargs):
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs)
+    e = 3 * torch.randn(8, 4, 16)
+    same = swap_term(model, e, e)
+    strangers = swap_term(model, e, e.roll(1, 0))
+    assert 0 <= same < 0.2 * strangers
+    strangers.backward()
+    assert all(p.grad is not None for p in model.static_encoder.parameters())
+    assert any(p.grad is not None for p in model.flow.parameters())

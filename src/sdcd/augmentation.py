@@ -1,7 +1,15 @@
 """The colour-augmentation term: a named departure from the paper (off by default), after C-DSVAE's
-"motion augmentation". Each training sequence is also encoded with its RGB channels permuted (colours
-change, shapes and motion do not), and the two copies' dynamic codes must agree. What it does on
-Sprites: README, "Sprites on a CPU", and docs/sprites.md.
+"motion augmentation". Each training sequence is also encoded with its colours changed (shapes and
+motion are not), and the two copies must agree on the dynamics:
+
+* "infonce" / "mse" compare their dynamic codes λ directly (C-DSVAE's contrastive form, or the squared
+  distance);
+* "swap" regenerates each copy from its own static code and the *other* copy's λ through the flow,
+  x' = h(λ(x), f(x')) and x = h(λ(x'), f(x)), and charges the squared error in feature space. Because
+  λ = h⁻¹(x, f) is a bijection of x given f, this can only hold if f carries the colours; unlike a
+  distance between λs it cannot be met by shrinking λ's colour directions.
+
+What each does on Sprites: README, "Sprites on a CPU", and docs/sprites.md.
 """
 
 from __future__ import annotations
@@ -9,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-AUGMENTATION_LOSSES = ("infonce", "mse")
+AUGMENTATION_LOSSES = ("infonce", "mse", "swap")
+AUGMENTATION_COLOURS = ("permute", "gain")
 _PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))  # every non-identity one
 
 
@@ -25,6 +34,20 @@ def permute_colours(x: torch.Tensor, generator: torch.Generator | None = None) -
     return torch.gather(x, 2, idx[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:]))
 
 
+def random_gains(x: torch.Tensor, generator: torch.Generator | None = None, low: float = 0.25) -> torch.Tensor:
+    """x: (B, T, C, H, W) with each sequence's colour channels scaled by random gains in [low, 1] (one
+    per channel and sequence, the same for all its frames): colours *and* brightness change, a black
+    background stays black."""
+    g = low + (1 - low) * torch.rand(x.shape[0], 1, x.shape[2], 1, 1, generator=generator,
+                                     device="cpu" if generator is not None else x.device)
+    return x * g.to(x.device, x.dtype)
+
+
+def augment_colours(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """"permute": `permute_colours` (brightness kept); "gain": `random_gains`."""
+    return permute_colours(x, generator) if kind == "permute" else random_gains(x, generator)
+
+
 def augmentation_term(lam: torch.Tensor, lam_aug: torch.Tensor, loss: str, temperature: float) -> torch.Tensor:
     """How far the dynamic codes λ: (B, T, D) of sequences and of their colour-permuted copies disagree.
 
@@ -37,3 +60,30 @@ def augmentation_term(lam: torch.Tensor, lam_aug: torch.Tensor, loss: str, tempe
     b = F.normalize(lam_aug.flatten(1).float(), dim=1)
     logits = a @ b.T / temperature  # (B, B): row i should pick column i
     return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+def swap_term(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:
+    """The "swap" form for features e, e_aug: (B, T, D) of sequences and of their colour-changed copies:
+    ½(‖h(λ(x'), f(x)) − x‖² + ‖h(λ(x), f(x')) − x'‖²), summed over frames and dimensions,
+    batch-averaged (f sampled from q(f | ·), λ given it)."""
+    a, b = model.codes_of_features(e), model.codes_of_features(e_aug)
+    t = e.shape[1]
+    err_b = (model.flow.generate(a.lam, b.f[:, None].expand(-1, t, -1)) - e_aug.float()) ** 2
+    err_a = (model.flow.generate(b.lam, a.f[:, None].expand(-1, t, -1)) - e.float()) ** 2
+    return 0.5 * (err_a.sum((1, 2)) + err_b.sum((1, 2))).mean()
+
+
+def colour_augmentation(model, x: torch.Tensor, e: torch.Tensor, cached: tuple | None) -> torch.Tensor:
+    """The term for a training batch x: (B, T, C, H, W) with (detached) noisy features e: (B, T, D).
+    With stage 2's cache the copy's features get the same feature noise as e (its rows' fixed copies);
+    otherwise the copy is encoded afresh, with fresh noise."""
+    hp = model.hparams
+    if cached is not None:
+        e_aug = cached[1] + (e - cached[0])
+    else:
+        with torch.no_grad():  # the copy trains the disentanglement part only
+            e_aug = model.frame_features(augment_colours(x, hp.augmentation_colours))
+    if hp.augmentation_loss == "swap":
+        return swap_term(model, e, e_aug)
+    return augmentation_term(model.codes_of_features(e).lam, model.codes_of_features(e_aug).lam,
+                             hp.augmentation_loss, hp.augmentation_temperature)

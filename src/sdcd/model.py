@@ -16,7 +16,7 @@ import os
 import torch
 from einops import rearrange, repeat
 
-from sdcd.augmentation import AUGMENTATION_LOSSES, augmentation_term, permute_colours
+from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, colour_augmentation
 from sdcd.autoencoder import FrameDecoder, FrameEncoder
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
@@ -56,7 +56,10 @@ class SDCD(SequentialModule):
             is skipped on the device, no host sync; sdcd.guard); 0 only skips them.
         augmentation_weight: Weight of the colour-augmentation term, a named departure (sdcd.augmentation;
             0 = off, the paper): λ of a sequence and of its RGB-permuted copy must agree.
-        augmentation_loss: Its form: "infonce" (C-DSVAE's contrastive form) or "mse".
+        augmentation_loss: Its form: "infonce" (C-DSVAE's contrastive form), "mse" (λ against λ), or
+            "swap" (each copy regenerated from the other's λ and its own f, error in feature space).
+        augmentation_colours: How the copy's colours change: "permute" (RGB channels) or "gain"
+            (random per-channel gains, brightness too).
         augmentation_temperature: Temperature of the InfoNCE form.
         stage: "joint" (the paper), or the two-stage recipe's "autoencoder" / "disentangle" (sdcd.stages).
         autoencoder_checkpoint: For stage "disentangle": the checkpoint whose frame autoencoder is
@@ -80,10 +83,12 @@ class SDCD(SequentialModule):
         nonfinite_patience: int = 10,
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
+        augmentation_colours: str = "permute",
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
     ):
         super().__init__()
-        check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "stage": STAGES}, at_least_two=("n_frames",),
+        check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
+                               "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
                                     "feature_noise", "augmentation_weight"), **locals())
@@ -152,15 +157,8 @@ class SDCD(SequentialModule):
         terms = self.disentanglement_terms(e.detach(), shuffle)  # its gradients never reach the autoencoder
         terms["loss"] = sse + terms["loss"]
         terms["sse"] = sse
-        if hp.augmentation_weight > 0 and self.training:
-            if cached is not None:
-                e_aug = cached[1] + hp.feature_noise * torch.randn_like(cached[1])
-            else:
-                with torch.no_grad():  # the augmented copy trains the disentanglement part only
-                    e_aug = self.frame_features(permute_colours(x))
-            terms["augmentation"] = augmentation_term(self.codes_of_features(e.detach()).lam,
-                                                      self.codes_of_features(e_aug).lam,
-                                                      hp.augmentation_loss, hp.augmentation_temperature)
+        if hp.augmentation_weight > 0 and self.training:  # a named departure (sdcd.augmentation)
+            terms["augmentation"] = colour_augmentation(self, x, e.detach(), cached)
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         return terms
 
@@ -187,7 +185,9 @@ class SDCD(SequentialModule):
 
     def cached_features(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage 2: feature means (B, T, D) of rows `index` of `split` (and of their colour-permuted copies)."""
-        return self.feature_cache.get(self, self.trainer.datamodule, split, index, self.hparams.augmentation_weight > 0)
+        hp = self.hparams
+        colours = hp.augmentation_colours if hp.augmentation_weight > 0 else None
+        return self.feature_cache.get(self, self.trainer.datamodule, split, index, colours)
 
     def training_loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
         loss_terms = self._compiled_loss_terms or self.loss_terms

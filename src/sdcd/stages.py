@@ -8,7 +8,7 @@ static encoder and the flow. So the paper's objective can also be trained in two
   figure's "fixed encoder") and trains the static encoder, static prior, flow and LSTM prior. Its
   steps skip the decoder and every conv backward pass; with `model.feature_cache` (default) the frozen
   feature means of the whole training split are computed once, at the first step (and of one
-  colour-permuted copy of each sequence, fixed per sequence, when the augmentation term is on), and
+  colour-changed copy of each sequence, fixed per sequence, when the augmentation term is on), and
   each step adds the unit feature noise to its rows, so no pixel is read again.
 
 `stage=joint` (default) trains everything at once, as the paper does.
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from sdcd.augmentation import permute_colours
+from sdcd.augmentation import augment_colours
 
 STAGES = ("joint", "autoencoder", "disentangle")
 AUTOENCODER = ("encoder", "mean_net", "decoder")  # the frame autoencoder's submodules
@@ -58,18 +58,19 @@ class FeatureCache:
 
     @torch.no_grad()
     def get(self, model, datamodule, split: str, index: torch.Tensor,
-            augmented: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Feature means (B, T, D) of rows `index` of `split`, and of their colour-permuted copies
-        (or None unless `augmented`)."""
+            colours: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feature means (B, T, D) of rows `index` of `split`, and of their colour-changed copies
+        (`sdcd.augmentation.augment_colours` of that kind, one fixed draw per sequence; None when
+        `colours` is None)."""
         if split not in self._features:
             n, parts, aug = datamodule.split_size(split), [], []
-            gen = torch.Generator().manual_seed(0)  # one fixed permutation per sequence
+            gen = torch.Generator().manual_seed(0)  # one fixed draw per sequence
             rank_zero_info(f"sdcd: stage 2: caching the frozen autoencoder's features of the {n} {split} sequences")
             for rows in torch.arange(n).split(256):
                 x = datamodule.batch(split, rows, device=model.device)["x"]
                 parts.append(model.frame_features(x, noise=False).float())
-                if augmented:
-                    aug.append(model.frame_features(permute_colours(x, gen), noise=False).float())
+                if colours is not None:
+                    aug.append(model.frame_features(augment_colours(x, colours, gen), noise=False).float())
             self._features[split] = torch.cat(parts)
             if aug:
                 self._features[split + "/aug"] = torch.cat(aug)
