@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, EXPERIMENTS
 from helpers.tiny_run import (
     DATA,
     MODEL,
@@ -409,3 +409,9 @@ def test_an_old_config_with_evaluation_model_settings_is_read_as_the_evaluation_
         "judges/x.pt", 3, 64, False)
     assert "judge_path" not in cli.model.hparams
     assert "are from an older sdcd; read as the evaluation: group" in capsys.readouterr().out
+
+
+def test_the_judge_configs_own_judge_path_is_never_taken_for_an_old_evaluation_setting():
+    """JudgeModule's judge_path says where to write the judge: only SDCD's old arguments move."""
+    path = str(EXPERIMENTS / "judge_sprites_cpu.yaml")
+    assert sdcd.cli.upgrade_config(path) == path

@@ -131,3 +131,12 @@ def test_print_config_shows_every_callback_group_and_the_trainer_runs_them(in_tm
     assert kinds.count(Reproducibility) == kinds.count(EvaluationCallback) == kinds.count(ShuffleCallback) == 1
     (repro,) = [c for c in cli.trainer.callbacks if isinstance(c, Reproducibility)]
     assert repro.rng_states is False and repro.metadata.experiment == "tiny"
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
+def test_every_experiment_prints_its_config(name, in_tmp, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", f"experiments/{name}.yaml", "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] and {"shuffle", "evaluation", "reproducibility"} <= set(printed)

@@ -30,10 +30,18 @@ META_KEY = "sdcd"  # top-level checkpoint entry written by CheckpointMetadata
 META_VERSION = 1
 LIGHTNING_SPECIAL_PATHS = ("best", "hpc")  # --ckpt_path values Lightning resolves itself
 SHAPE_DIFFS_SHOWN = 5
+
+
 # SDCD model arguments of older sdcd versions that said how to evaluate (now the `evaluation:` group):
 # accepted in old checkpoints and ignored; in old config files read as that group (name there).
 LEGACY_EVAL_ARGS = {"judge_path": "judge_path", "eval_repeats": "repeats", "eval_every_n_epochs": "every_n_epochs",
                     "eval_val_sequences": "val_sequences", "peers_protocol": "peers_protocol", "eval_probes": "probes"}
+
+
+def is_sdcd(class_path: str | None) -> bool:
+    """Whether a class path (short or full) names SDCD, the model whose old checkpoints and configs
+    carry `LEGACY_EVAL_ARGS` (other models, e.g. JudgeModule, have a `judge_path` of their own)."""
+    return class_path in ("SDCD", "sdcd.model.SDCD")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -130,7 +138,9 @@ def check_checkpoint(
                              f"{current}")
     if datamodule is not None and hasattr(module, "build_for"):  # weights made from the data (JudgeModule)
         module.build_for(datamodule, stage)
-    saved = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in LEGACY_EVAL_ARGS}
+    saved = dict(checkpoint.get("hyper_parameters") or {})
+    if is_sdcd(class_path(module)):  # an older SDCD's evaluation arguments are not model settings
+        saved = {k: v for k, v in saved.items() if k not in LEGACY_EVAL_ARGS}
     hparams = _differing(saved, dict(getattr(module, "hparams", {})))
     shapes = _shape_differences(checkpoint.get("state_dict") or {}, module.state_dict())
     if shapes:

@@ -34,6 +34,7 @@ from sdcd.checkpointing import (
     LEGACY_EVAL_ARGS,
     AtomicCheckpointIO,
     check_checkpoint,
+    is_sdcd,
     keep_previous_metrics,
     load_checkpoint_for_check,
     resolve_ckpt_path,
@@ -158,7 +159,7 @@ class SDCDCLI(LightningCLI):
             return  # resuming: the config must fit the checkpoint; before_fit refuses one that does not
         hparams = dict(load_checkpoint_for_check(ckpt).get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
-        legacy = [k for k in LEGACY_EVAL_ARGS if k in hparams]
+        legacy = [k for k in LEGACY_EVAL_ARGS if k in hparams] if is_sdcd(hparams.get("_class_path")) else []
         for k in legacy:
             del hparams[k]
         if legacy:
@@ -284,7 +285,8 @@ def upgrade_config(path: str) -> str:
         config = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError):
         return path  # not ours to judge here: the parser reports it
-    init = ((config or {}).get("model") or {}).get("init_args") if isinstance(config, dict) else None
+    model = (config.get("model") or {}) if isinstance(config, dict) else {}
+    init = model.get("init_args") if is_sdcd(model.get("class_path")) else None  # SDCD's old arguments only
     moved = {LEGACY_EVAL_ARGS[k]: init.pop(k) for k in list(init or ()) if k in LEGACY_EVAL_ARGS}
     if not moved:
         return path
