@@ -94,7 +94,7 @@ def plot_by_experiment(runs: list[RunMetrics], patterns: list[str] | None, path:
     names = selected_names(runs, patterns)
     groups = by_experiment(runs, names)
     width = 0.8 / max(1, len(groups))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) * max(1, len(groups)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.3 * len(names) * max(1, len(groups)))), 4.5))
     for k, (exp, (n, stats)) in enumerate(groups.items()):
         xs = [i + (k - (len(groups) - 1) / 2) * width for i, m in enumerate(names) if m in stats]
         ys = [stats[m][0] for m in names if m in stats]
