@@ -4,7 +4,7 @@
 # each scored by the judge of its own variant with the swap and paired tests.  make baselines-cpu
 #
 #   OUT      where everything goes (default runs/baselines_cpu): <OUT>/<variant>-<method>/seed<N>/
-#   SEEDS    training seeds (default "0 1");  STEPS  training steps per run (default 2500)
+#   SEEDS    training seeds (default "0 1");  STEPS  training steps per run (default 2000, what the README table used)
 #   VARIANTS default "cond simple";  METHODS default "sdcd_shuffle sdcd_noshuffle dsvae dbse"
 #   JOBS     runs at a time (default 2, one thread each);  ARGS  extra overrides for every training run
 #   DATA_ARGS  data overrides for the judges *and* the models (they must see the same data), e.g. a
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/baselines_cpu}
 SEEDS=${SEEDS:-"0 1"}
-STEPS=${STEPS:-2500}
+STEPS=${STEPS:-2000}
 VARIANTS=${VARIANTS:-"cond simple"}
 METHODS=${METHODS:-"sdcd_shuffle sdcd_noshuffle dsvae dbse"}
 JOBS=${JOBS:-2}
