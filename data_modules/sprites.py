@@ -15,6 +15,7 @@ CC-BY-SA 3.0 / GPL 3.0. The sheets are never stored in this repository.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,8 @@ import torch
 
 from sdcd.data_modules import sprites_io as sio
 from sdcd.data_modules.base import Factor, IndexedDataModule
+
+log = logging.getLogger(__name__)
 
 
 class _Source:
@@ -169,7 +172,7 @@ class SpritesDataModule(IndexedDataModule):
             sheets_dir = sio.resolve_sheets_dir(self.sheets_dir, self.download)
             layers = sio.Layers(sio.ensure_sheets(sheets_dir, self.download))
             full = self.n_characters is None
-            sio.log.info("Building Sprites from %s into %s", sheets_dir, self.cache_path)
+            log.info("Building Sprites from %s into %s", sheets_dir, self.cache_path)
             arrays = {
                 f"{s}_x": sio.render_sequences(layers, order[s][0][r], order[s][1][r], progress=full)
                 for s, r in keep.items()

@@ -63,6 +63,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from sdcd.data_modules import video_io as vio
 from sdcd.data_modules.base import Factor
 
+log = logging.getLogger(__name__)
+
 # per-worker counters in shared memory: clips yielded, lost while decoding, repeated to pad (DDP),
 # left out of an incomplete last batch (drop_last)
 _YIELDED, _FAILED, _PADDED, _DROPPED = range(4)
@@ -286,7 +288,7 @@ class VideoClipDataset(IterableDataset):
     def log_summary(self) -> dict:
         s = self.summary()
         # the probe's skips were warned about at setup: only this epoch's decode failures warn again
-        vio.log.log(
+        log.log(
             logging.WARNING if s["clips_failed"] else logging.INFO,
             "video %s epoch %d (rank %d): %s",
             s["split"],

@@ -4,7 +4,6 @@ next wanted frame is far; frames identified by their timestamps). Why PyAV: docs
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
@@ -15,8 +14,6 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
-
-log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = tuple(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .ogv .flv .wmv .3gp .gif".split())
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -314,7 +314,7 @@ def test_keep_previous_metrics_renames_instead_of_letting_the_logger_delete(tmp_
 def _pending() -> list[str]:
     """The integration steps (cli.py, base.py) that the CLI tests below wait for."""
     cli_source = inspect.getsource(sdcd.cli)
-    names = ("check_checkpoint", "RNGStateCallback", "AtomicCheckpointIO")
+    names = ("check_checkpoint", "Reproducibility", "AtomicCheckpointIO")
     pending = [name for name in names if name not in cli_source]
     if "resolve_ckpt_path" not in inspect.getsource(sdcd.cli.SDCDCLI._parse_ckpt_path):
         pending.append("resolve_ckpt_path in SDCDCLI._parse_ckpt_path")
