@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sdcd.augmentation import permute_colours
+from sdcd.augmentation import augment_colours, augmentation_term, swap_term
 from sdcd.data_modules.sprites import SpritesDataModule
 from sdcd.model import SDCD
 
@@ -59,26 +59,18 @@ def feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 2
     return torch.cat(feats), torch.cat(labels)
 
 
-def random_gains(x: torch.Tensor, generator: torch.Generator, low: float = 0.25) -> torch.Tensor:
-    """x: (B, T, C, H, W) with each sequence's colour channels scaled by random gains in [low, 1] (one
-    triple per sequence, the same for all its frames): colours *and* brightness change, shapes and
-    motion do not (the black background stays black)."""
-    g = low + (1 - low) * torch.rand(x.shape[0], 1, x.shape[2], 1, 1, generator=generator)
-    return x * g.to(x.device, x.dtype)
-
-
 @torch.no_grad()
 def augmented_feature_means(model: SDCD, dm: SpritesDataModule, split: str, batch: int = 256, seed: int = 0,
                             kind: str = "rgbperm"):
     """(N, T, D) feature means of each sequence after a colour augmentation (one draw per sequence):
     "rgbperm" permutes its RGB channels (`sdcd.augmentation.permute_colours`: a random non-identity
-    permutation; brightness is kept), "gain" scales them by random gains (`random_gains`)."""
+    permutation; brightness is kept), "gain" scales them by random gains (`sdcd.augmentation.random_gains`)."""
     g = torch.Generator().manual_seed(seed)
     n = dm.split_size(split)
     feats = []
     for i in range(0, n, batch):
         x = dm.batch(split, torch.arange(i, min(n, i + batch)))["x"]
-        x = permute_colours(x, g) if kind == "rgbperm" else random_gains(x, g)
+        x = augment_colours(x, "permute" if kind == "rgbperm" else kind, g)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             feats.append(model.frame_features(x, noise=False).float())
     return torch.cat(feats)
@@ -215,20 +207,11 @@ def main() -> None:
             terms = model.disentanglement_terms(e, shuffle=bool(args.shuffle))
             if e_aug is not None:  # λ must not change when only the colours do
                 ea = e_aug[idx] + (e - e_train[idx] if args.shared_noise else noise * torch.randn_like(e))
-                codes_a, codes_b = model.codes_of_features(e), model.codes_of_features(ea)
-                lam_a, lam_b = codes_a.lam, codes_b.lam
                 if args.aug_loss == "swap":  # the colours must come from f: x' = h(λ(x), f(x')), x = h(λ(x'), f(x))
-                    t = e.shape[1]
-                    err_b = (model.flow.generate(lam_a, codes_b.f[:, None].expand(-1, t, -1)) - ea.float()) ** 2
-                    err_a = (model.flow.generate(lam_b, codes_a.f[:, None].expand(-1, t, -1)) - e.float()) ** 2
-                    terms["aug"] = 0.5 * (err_a.sum((1, 2)) + err_b.sum((1, 2))).mean()
-                elif args.aug_loss == "mse":
-                    terms["aug"] = ((lam_a - lam_b) ** 2).sum((1, 2)).mean()
-                else:  # InfoNCE: find each sequence's colour-permuted copy among the batch's, by λ alone
-                    za = F.normalize(lam_a.flatten(1).float(), dim=1)
-                    zb = F.normalize(lam_b.flatten(1).float(), dim=1)
-                    logits = za @ zb.T / args.temperature
-                    terms["aug"] = F.cross_entropy(logits, torch.arange(len(za)))
+                    terms["aug"] = swap_term(model, e, ea)
+                else:  # mse, or InfoNCE: find each sequence's colour-changed copy among the batch's, by λ alone
+                    terms["aug"] = augmentation_term(model.codes_of_features(e).lam, model.codes_of_features(ea).lam,
+                                                     args.aug_loss, args.temperature)
                 terms["loss"] = terms["loss"] + args.aug_weight * terms["aug"]
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
