@@ -38,6 +38,11 @@ def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, 
     return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1).sum(-1)
 
 
+def _sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """A reparameterised draw from N(mu, e^logvar)."""
+    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+
+
 class GaussianHead(nn.Module):
     """(..., in) → mean, logvar: (..., out)."""
 
@@ -78,8 +83,8 @@ class SequentialVAE(SequentialModule):
     def encode(self, x: torch.Tensor, mean: bool = False) -> Codes:
         h = self.frame_features(x)
         mu_f, logvar_f, mu_z, logvar_z = self.posteriors(h)
-        f = mu_f if mean else mu_f + torch.randn_like(mu_f) * (0.5 * logvar_f).exp()
-        z = mu_z if mean else mu_z + torch.randn_like(mu_z) * (0.5 * logvar_z).exp()
+        f = mu_f if mean else _sample(mu_f, logvar_f)
+        z = mu_z if mean else _sample(mu_z, logvar_z)
         return Codes(f=f, f_mean=mu_f, lam=z, features=h)
 
     def sample_static(self, n: int) -> torch.Tensor:
@@ -94,8 +99,7 @@ class SequentialVAE(SequentialModule):
         the sampled codes f: (B, D_f), z: (B, T, D_z)."""
         h = self.frame_features(x)
         mu_f, logvar_f, mu_z, logvar_z = self.posteriors(h)
-        f = mu_f + torch.randn_like(mu_f) * (0.5 * logvar_f).exp()
-        z = mu_z + torch.randn_like(mu_z) * (0.5 * logvar_z).exp()
+        f, z = _sample(mu_f, logvar_f), _sample(mu_z, logvar_z)
         sse = ((self.decode(f, z).float() - x.float()) ** 2).flatten(1).sum(1).mean()
         kl_static = gaussian_kl(mu_f, logvar_f, torch.zeros_like(mu_f), torch.zeros_like(logvar_f)).mean()
         shift, log_scale = self.dynamic_prior.params(z)  # p(z_t | z_<t), teacher forced on the sample

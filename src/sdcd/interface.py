@@ -24,8 +24,8 @@ from lightning import LightningModule
 from sdcd.guard import GUARDED_TERMS, NonFiniteGuard
 
 
-def check_hparams(choices: dict | None = None, positive: dict | None = None, non_negative: dict | None = None,
-                  at_least_two: tuple[str, ...] = (), **values) -> None:
+def check_hparams(choices: dict[str, tuple] | None = None, positive: tuple[str, ...] = (),
+                  non_negative: tuple[str, ...] = (), at_least_two: tuple[str, ...] = (), **values) -> None:
     """One-line ValueErrors naming `model.<arg>`: `choices` maps a name to its allowed values; `positive`
     and `non_negative` list names; `values` holds the arguments by name."""
     for name, allowed in (choices or {}).items():
@@ -34,10 +34,10 @@ def check_hparams(choices: dict | None = None, positive: dict | None = None, non
     for name in at_least_two:
         if values[name] < 2:
             raise ValueError(f"model.{name} must be positive (at least 2 frames), got {values[name]}")
-    for name in positive or ():
+    for name in positive:
         if values[name] <= 0:
             raise ValueError(f"model.{name} must be positive, got {values[name]}")
-    for name in non_negative or ():
+    for name in non_negative:
         if values[name] < 0:
             raise ValueError(f"model.{name} must be ≥ 0, got {values[name]}")
 
