@@ -10,7 +10,9 @@ W&B (offline without credentials) plus a CSVLogger; `LOGGER=csv` or `--trainer.l
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -294,10 +296,11 @@ def upgrade_config(path: str) -> str:
     config["evaluation"] = {**moved, **evaluation}
     runs.say(f"{path}: model settings {', '.join(k for k in LEGACY_EVAL_ARGS if LEGACY_EVAL_ARGS[k] in moved)} "
              "are from an older sdcd; read as the evaluation: group")
-    fd, upgraded = tempfile.mkstemp(prefix=f"{Path(path).stem}.", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(config, fh, sort_keys=False)
-    return upgraded
+    folder = tempfile.mkdtemp(prefix="sdcd-config-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    upgraded = Path(folder) / Path(path).name  # same file name: the experiment name comes from its stem
+    upgraded.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(upgraded)
 
 
 def _upgrade_configs(args: list[str] | None) -> list[str] | None:
