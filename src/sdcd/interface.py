@@ -15,12 +15,12 @@ its networks, its `loss_terms` and the four calls above. SDCD (sdcd.model) and t
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from lightning import LightningModule
 
+from sdcd.data_modules.sampling import global_seed
 from sdcd.guard import GUARDED_TERMS, NonFiniteGuard
 
 
@@ -125,7 +125,7 @@ class SequentialModule(LightningModule):
 
     def on_fit_start(self) -> None:
         # per-rank stream for the "sequence" shuffle mode: reproducible from (seed, rank), different per rank
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = global_seed()
         self.shuffle_generator = torch.Generator(device=self.device).manual_seed(seed * 1000 + self.global_rank)
 
     def setup(self, stage: str) -> None:
