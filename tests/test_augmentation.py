@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sdcd.augmentation import augmentation_term, permute_colours, random_gains, swap_term
+from sdcd.augmentation import augment_colours, augmentation_term, permute_colours, random_gains, remap_palette, swap_term
 from sdcd.model import SDCD
 
 
@@ -40,6 +40,26 @@ def test_random_gains_scale_each_channel_of_a_sequence_by_one_gain_and_keep_blac
     torch.testing.assert_close(g.amin(3), g.amax(3))  # one gain per channel ...
     torch.testing.assert_close(g[:, :1].expand_as(g), g)  # ... and per sequence
     assert g.min() >= 0.25 and g.max() <= 1.0
+
+
+def test_remap_palette_gives_each_colour_of_a_sequence_one_new_colour_keeps_shapes_and_black():
+    g = torch.Generator().manual_seed(0)
+    palette = torch.tensor([[0, 0, 0], [255, 0, 0], [10, 200, 30], [128, 128, 128]]) / 255.0  # black first
+    which = torch.randint(0, 4, (3, 5, 6, 6), generator=g)  # (B, T, H, W): which colour each pixel has
+    which[:, :, 0, :4] = torch.arange(4)  # every colour in every frame
+    x = palette[which].permute(0, 1, 4, 2, 3)  # (B, T, C, H, W)
+    y = remap_palette(x, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    new = {}
+    for b in range(3):
+        for k in range(4):
+            pixels = y[b].permute(0, 2, 3, 1)[which[b] == k]  # (n, C): all pixels of colour k, all frames
+            assert torch.all(pixels == pixels[0])  # one new colour per old colour and sequence
+            new[b, k] = pixels[0]
+        assert torch.all(new[b, 0] == 0)  # black stays black
+        assert len({tuple(new[b, k].tolist()) for k in range(1, 4)}) == 3  # distinct colours stay distinct
+    assert not torch.equal(new[0, 1], new[1, 1])  # each sequence gets its own palette
+    assert torch.equal(augment_colours(x, "palette", torch.Generator().manual_seed(1)), y)
 
 
 def test_swap_term_is_small_for_identical_copies_large_for_strangers_and_trains_f_and_h(tiny_model_kwargs):

@@ -15,10 +15,11 @@ What each does on Sprites: README, "Sprites on a CPU", and docs/sprites.md.
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch.nn import functional as F
 
 AUGMENTATION_LOSSES = ("infonce", "mse", "swap")
-AUGMENTATION_COLOURS = ("permute", "gain")
+AUGMENTATION_COLOURS = ("permute", "gain", "palette")
 _PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))  # every non-identity one
 
 
@@ -43,9 +44,33 @@ def random_gains(x: torch.Tensor, generator: torch.Generator | None = None, low:
     return x * g.to(x.device, x.dtype)
 
 
+def remap_palette(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x: (B, T, C, H, W) in [0, 1] with every distinct colour of each sequence (quantised to 8 bits a
+    channel) replaced by its own random colour, uniform in [0, 1]^C, the same in all the sequence's
+    frames; black (the Sprites background) stays black.
+
+    Why: λ must be unchanged by the augmentation for the swap form to hold (h(·, f) is a bijection).
+    A channel permutation leaves brightness unchanged, and per-channel gains leave the ratios between
+    two regions' colours unchanged, so λ may keep either. Under a remapped palette nothing about any
+    region's colour survives; only which pixels share a colour (the shapes) does."""
+    b, t, c, h, w = x.shape
+    q = (x.detach().float().clamp(0, 1) * 255).round().long()  # (B, T, C, H, W)
+    key = torch.zeros(b, t, h, w, dtype=torch.long, device=x.device)
+    for ch in range(c):  # one integer per colour
+        key = key * 256 + q[:, :, ch]
+    seq = torch.arange(b, device=x.device)[:, None, None, None]
+    colours, inverse = torch.unique(key + (seq << (8 * c)), return_inverse=True)  # per-sequence palettes
+    new = torch.rand(len(colours), c, generator=generator,
+                     device="cpu" if generator is not None else x.device).to(x.device)
+    new[(colours & ((1 << (8 * c)) - 1)) == 0] = 0.0  # black stays black
+    return rearrange(new[inverse], "b t h w c -> b t c h w").to(x.dtype)
+
+
 def augment_colours(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """"permute": `permute_colours` (brightness kept); "gain": `random_gains`."""
-    return permute_colours(x, generator) if kind == "permute" else random_gains(x, generator)
+    """"permute": `permute_colours` (brightness kept); "gain": `random_gains`; "palette": `remap_palette`."""
+    if kind == "permute":
+        return permute_colours(x, generator)
+    return random_gains(x, generator) if kind == "gain" else remap_palette(x, generator)
 
 
 def augmentation_term(lam: torch.Tensor, lam_aug: torch.Tensor, loss: str, temperature: float) -> torch.Tensor:

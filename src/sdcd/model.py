@@ -58,8 +58,9 @@ class SDCD(SequentialModule):
             0 = off, the paper): λ of a sequence and of its RGB-permuted copy must agree.
         augmentation_loss: Its form: "infonce" (C-DSVAE's contrastive form), "mse" (λ against λ), or
             "swap" (each copy regenerated from the other's λ and its own f, error in feature space).
-        augmentation_colours: How the copy's colours change: "permute" (RGB channels) or "gain"
-            (random per-channel gains, brightness too).
+        augmentation_colours: How the copy's colours change: "permute" (RGB channels), "gain"
+            (random per-channel gains, brightness too) or "palette" (each distinct colour of a
+            sequence replaced by a random one; black kept).
         augmentation_temperature: Temperature of the InfoNCE form.
         stage: "joint" (the paper), or the two-stage recipe's "autoencoder" / "disentangle" (sdcd.stages).
         autoencoder_checkpoint: For stage "disentangle": the checkpoint whose frame autoencoder is
