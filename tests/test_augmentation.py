@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from sdcd.augmentation import augment_colours, augmentation_term, permute_colours, random_gains, remap_palette, swap_term
+from sdcd.augmentation import (
+    augment_colours,
+    augmentation_term,
+    permute_colours,
+    random_gains,
+    remap_palette,
+    swap_term,
+)
 from sdcd.model import SDCD
 
 

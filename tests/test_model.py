@@ -77,7 +77,8 @@ def test_autoencoder_of_another_width_is_refused(tiny_model_kwargs, tmp_path):
         model.load_autoencoder(tmp_path / "ae.ckpt")
 
 
-@pytest.mark.parametrize("form, colours", [("infonce", "permute"), ("mse", "gain"), ("swap", "gain"), ("swap", "palette")])
+@pytest.mark.parametrize("form, colours",
+                         [("infonce", "permute"), ("mse", "gain"), ("swap", "gain"), ("swap", "palette")])
 def test_augmentation_term_is_added_in_training_only(tiny_model_kwargs, form, colours):
     torch.manual_seed(0)
     model = SDCD(**{**tiny_model_kwargs, "channels": 3}, augmentation_weight=2.0, augmentation_loss=form,
