@@ -11,6 +11,7 @@ from sdcd.data_modules.dsprites import MovingDSpritesDataModule
 from sdcd.evaluation import evaluate
 from sdcd.interface import SequentialDisentangler
 from sdcd.judge import Judge
+from sdcd.stages import load_autoencoder
 
 SMALL = dict(n_frames=4, frame_size=32, base_channels=8, feature_dim=16, static_dim=8, dynamic_dim=4,
              rnn_hidden=16, prior_hidden=16)
@@ -86,13 +87,67 @@ def test_the_evaluation_protocol_runs_on_a_baseline(cls):
     assert 0.0 <= results["swap/intervention"]["mean"] <= 1.0
 
 
-def test_every_baseline_config_differs_from_dsprites_small_only_in_the_model():
-    for name in ("dsprites_small_dsvae", "dsprites_small_dbse"):
-        base = yaml.safe_load((EXPERIMENTS / "dsprites_small.yaml").read_text())
-        other = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
-        for cfg in (base, other):
-            cfg.pop("model"), cfg["shuffle"].pop("every")
-        assert other == base, name
+@pytest.mark.parametrize("base_name, name", [("dsprites_small", "dsprites_small_dsvae"),
+                                             ("dsprites_small", "dsprites_small_dbse"),
+                                             ("lpc_shuffle_cpu", "lpc_dsvae_cpu"), ("lpc_shuffle_cpu", "lpc_dbse_cpu")])
+def test_every_baseline_config_differs_from_its_sdcd_recipe_only_in_the_model(base_name, name):
+    base = yaml.safe_load((EXPERIMENTS / f"{base_name}.yaml").read_text())
+    other = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+    for cfg in (base, other):
+        cfg.pop("model"), cfg["shuffle"].pop("every")
+    assert other == base
+
+
+TWO_STAGE = dict(SMALL, feature_dim=16)  # the tiny SDCD autoencoder's latent_dim
+
+
+def _stage1(tmp_path):
+    """An (untrained) SDCD stage-1 checkpoint at the tiny size, and its autoencoder."""
+    from sdcd.model import SDCD
+
+    torch.manual_seed(1)
+    ae = SDCD(n_frames=4, frame_size=32, base_channels=8, latent_dim=16, stage="autoencoder")
+    torch.save({"state_dict": ae.state_dict()}, tmp_path / "ae.ckpt")
+    return tmp_path / "ae.ckpt", ae
+
+
+@pytest.mark.parametrize("cls", [DSVAE, DBSE])
+def test_two_stage_baseline_trains_on_the_frozen_features_of_sdcds_autoencoder(cls, tmp_path):
+    path, ae = _stage1(tmp_path)
+    torch.manual_seed(0)
+    model = cls(**TWO_STAGE, stage="disentangle", autoencoder_checkpoint=str(path))
+    load_autoencoder(model, path)
+    for name in ("encoder", "mean_net", "decoder"):
+        for (k, v), w in zip(getattr(model, name).state_dict().items(), getattr(ae, name).state_dict().values()):
+            torch.testing.assert_close(v, w, msg=f"{name}.{k}")
+        assert not any(p.requires_grad for p in getattr(model, name).parameters())
+    x = torch.rand(3, 4, 3, 32, 32)
+    # the features are SDCD's frozen ones (noise-free here), and the data of the ELBO
+    torch.testing.assert_close(model.frame_features(x, noise=False), ae.frame_features(x, noise=False))
+    h = torch.randn(3, 4, 16)
+    torch.manual_seed(2)
+    terms, f, z, target = model.elbo_terms(x, h)
+    assert target is h
+    torch.testing.assert_close(terms["sse"], ((model.reconstruct(f, z) - h) ** 2).sum((1, 2)).mean())
+    model.loss_terms(x, h=h)["loss"].backward()
+    assert all(p.grad is None for p in model.encoder.parameters()) and all(
+        p.grad is None for p in model.decoder.parameters())
+    assert all(p.grad is not None for p in model.feature_decoder.parameters())
+    codes = model.encode(x)
+    assert codes.features.shape == (3, 4, 16)
+    frames = model.decode(codes.f, codes.lam)  # decoded features drawn by the frozen frame decoder
+    assert frames.shape == x.shape
+    torch.testing.assert_close(frames, ae.decode_features(model.reconstruct(codes.f, codes.lam)))
+
+
+def test_two_stage_baseline_needs_an_autoencoder_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="model.stage=disentangle needs model.autoencoder_checkpoint"):
+        DSVAE(**TWO_STAGE, stage="disentangle")
+    with pytest.raises(ValueError, match="model.stage must be one of joint, disentangle, got 'autoencoder'"):
+        DSVAE(**TWO_STAGE, stage="autoencoder")
+    model = DBSE(**TWO_STAGE, stage="disentangle", autoencoder_checkpoint=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(FileNotFoundError, match="nope.ckpt' does not exist"):
+        load_autoencoder(model, tmp_path / "nope.ckpt")
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
         from sdcd.model import SDCD
 
         keys = ("n_frames", "frame_size", "base_channels", "latent_dim")
-        ae = SDCD(**{k: model_args[k] for k in keys if k in model_args}, stage="autoencoder")
+        model_args = {"latent_dim": model_args.get("feature_dim"), **model_args}  # a baseline's name for it
+        ae = SDCD(**{k: model_args[k] for k in keys if model_args.get(k) is not None}, stage="autoencoder")
         torch.save({"state_dict": ae.state_dict()}, in_tmp / "ae.ckpt")
         args += [f"--model.autoencoder_checkpoint={in_tmp / 'ae.ckpt'}"]
     if name.startswith("video"):

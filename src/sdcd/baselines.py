@@ -18,6 +18,14 @@ as SDCD), and the ELBO with closed-form KL terms; they differ only in how the co
 
 Which hyperparameters are the papers' and which are ours: each class's docstring. No mutual-information
 terms or augmentation (C-DSVAE's additions) are implemented.
+
+**Two-stage** (`stage=disentangle`, ours, for comparing with SDCD's Sprites CPU recipe): the frame
+autoencoder is SDCD's stage-1 one (`model.autoencoder_checkpoint`), loaded and frozen; its noisy
+features e_t = mean_t + feature_noise·ε are the data, as for SDCD's stage 2. The baseline infers its
+codes from e_1:T as above and reconstructs e_t with a feature decoder p(e_t | f, z_t) = N(MLP(f, z_t), I)
+(the "sse" term is then in feature space); frames are drawn by the frozen frame decoder from the decoded
+features. Only the inference nets, the feature decoder and the priors train, exactly the parts SDCD's
+stage 2 trains; with `feature_cache` the feature means of the training split are computed once.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ from torch import nn
 from sdcd.autoencoder import FrameDecoder, FrameEncoder
 from sdcd.dynamic import LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
+from sdcd.stages import FeatureCache, freeze_autoencoder, load_autoencoder
 
 BASELINE_TERMS = ("sse", "kl_static", "kl_dynamic")
+BASELINE_STAGES = ("joint", "disentangle")
 
 
 def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
@@ -63,22 +73,54 @@ class SequentialVAE(SequentialModule):
 
     def _build_shared(self) -> None:
         hp = self.hparams
+        code_dim = hp.static_dim + hp.dynamic_dim
         self.encoder = FrameEncoder(hp.frame_size, hp.channels, hp.base_channels, hp.feature_dim)
-        self.decoder = FrameDecoder(hp.frame_size, hp.channels, hp.base_channels, hp.static_dim + hp.dynamic_dim)
+        if hp.stage == "disentangle":  # SDCD's frame autoencoder (loaded in `setup`, frozen) + a feature decoder
+            self.mean_net = nn.Linear(hp.feature_dim, hp.feature_dim)
+            self.decoder = FrameDecoder(hp.frame_size, hp.channels, hp.base_channels, hp.feature_dim)
+            self.feature_decoder = nn.Sequential(nn.Linear(code_dim, hp.rnn_hidden), nn.SiLU(),
+                                                 nn.Linear(hp.rnn_hidden, hp.rnn_hidden), nn.SiLU(),
+                                                 nn.Linear(hp.rnn_hidden, hp.feature_dim))
+            freeze_autoencoder(self)
+        else:
+            self.decoder = FrameDecoder(hp.frame_size, hp.channels, hp.base_channels, code_dim)
         self.dynamic_prior = LSTMPrior(hp.dynamic_dim, hp.prior_hidden, 1)
+        self.feature_cache = FeatureCache()  # stage 2's frozen feature means (not saved)
 
-    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C, H, W) → h: (B, T, feature_dim)."""
-        return rearrange(self.encoder(rearrange(x, "b t c h w -> (b t) c h w")), "(b t) d -> b t d", b=x.shape[0])
+    @property
+    def two_stage(self) -> bool:
+        return self.hparams.stage == "disentangle"
+
+    def frame_features(self, x: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        """x: (B, T, C, H, W) → h: (B, T, feature_dim); in stage 2 the frozen features with their noise."""
+        b = x.shape[0]
+        h = self.encoder(rearrange(x, "b t c h w -> (b t) c h w"))
+        if self.two_stage:
+            h = self.mean_net(h)
+            if noise:
+                h = h + self.hparams.feature_noise * torch.randn_like(h)
+        return rearrange(h, "(b t) d -> b t d", b=b)
 
     def posteriors(self, h: torch.Tensor):
         raise NotImplementedError
 
+    def reconstruct(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """f: (B, D_f), z: (B, T, D_z) → the likelihood's mean: frames (B, T, C, H, W), or in stage 2
+        features (B, T, feature_dim)."""
+        b, t = z.shape[:2]
+        inp = torch.cat([repeat(f, "b d -> b t d", t=t), z], dim=-1)
+        if self.two_stage:
+            return self.feature_decoder(inp)
+        return rearrange(self.decoder(rearrange(inp, "b t d -> (b t) d")), "(b t) c h w -> b t c h w", b=b)
+
     def decode(self, f: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """f: (B, D_f), z = lam: (B, T, D_z) → frames (B, T, C, H, W)."""
-        b, t = lam.shape[:2]
-        inp = torch.cat([repeat(f, "b d -> b t d", t=t), lam], dim=-1)
-        return rearrange(self.decoder(rearrange(inp, "b t d -> (b t) d")), "(b t) c h w -> b t c h w", b=b)
+        out = self.reconstruct(f, lam)
+        if not self.two_stage:
+            return out
+        b = out.shape[0]
+        return rearrange(self.decoder(rearrange(out.to(f.dtype), "b t d -> (b t) d")), "(b t) c h w -> b t c h w",
+                         b=b)
 
     def encode(self, x: torch.Tensor, mean: bool = False) -> Codes:
         h = self.frame_features(x)
@@ -94,24 +136,43 @@ class SequentialVAE(SequentialModule):
     def sample_dynamics(self, n: int, n_frames: int | None = None, mean: bool = False) -> torch.Tensor:
         return self.dynamic_prior.sample(n, n_frames or self.hparams.n_frames, self.device, mean=mean)
 
-    def elbo_terms(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The ELBO's terms for x: (B, T, C, H, W) (each summed over a sequence, batch-averaged), and
-        the sampled codes f: (B, D_f), z: (B, T, D_z)."""
-        h = self.frame_features(x)
+    def elbo_terms(self, x: torch.Tensor, h: torch.Tensor | None = None):
+        """The ELBO's terms for x: (B, T, C, H, W) (each summed over a sequence, batch-averaged), the
+        sampled codes f: (B, D_f), z: (B, T, D_z), and what was reconstructed (x, or in stage 2 the
+        features h: (B, T, feature_dim), given or computed from x)."""
+        if h is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.two_stage):
+                h = self.frame_features(x)
+        target = h if self.two_stage else x
         mu_f, logvar_f, mu_z, logvar_z = self.posteriors(h)
         f, z = _sample(mu_f, logvar_f), _sample(mu_z, logvar_z)
-        sse = ((self.decode(f, z).float() - x.float()) ** 2).flatten(1).sum(1).mean()
+        sse = ((self.reconstruct(f, z).float() - target.float()) ** 2).flatten(1).sum(1).mean()
         kl_static = gaussian_kl(mu_f, logvar_f, torch.zeros_like(mu_f), torch.zeros_like(logvar_f)).mean()
         shift, log_scale = self.dynamic_prior.params(z)  # p(z_t | z_<t), teacher forced on the sample
         kl_dynamic = gaussian_kl(mu_z, logvar_z, shift, 2 * log_scale).sum(1).mean()
-        return {"sse": sse, "kl_static": kl_static, "kl_dynamic": kl_dynamic}, f, z
+        return {"sse": sse, "kl_static": kl_static, "kl_dynamic": kl_dynamic}, f, z, target
 
-    def loss_terms(self, x: torch.Tensor, shuffle: bool = False) -> dict[str, torch.Tensor]:
+    def loss_terms(self, x: torch.Tensor, shuffle: bool = False,
+                   h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         hp = self.hparams  # `shuffle` is SDCD's constraint: these models have none
-        terms, _, _ = self.elbo_terms(x)
+        terms, *_ = self.elbo_terms(x, h)
         terms["loss"] = terms["sse"] + hp.kl_static_weight * terms["kl_static"] + hp.kl_dynamic_weight * terms[
             "kl_dynamic"]
         return terms
+
+    def training_loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        if self.two_stage and hp.feature_cache and "index" in batch:  # the cached means plus fresh noise
+            mean, _ = self.feature_cache.get(self, self.trainer.datamodule, batch.get("split", "train"),
+                                             batch["index"], None)
+            return self.loss_terms(batch["x"], h=mean + hp.feature_noise * torch.randn_like(mean))
+        return self.loss_terms(batch["x"])
+
+    def setup(self, stage: str) -> None:
+        if (stage == "fit" and self.two_stage and self._trainer is not None
+                and not self.trainer.ckpt_path):  # a resumed run has the frozen weights in its checkpoint
+            load_autoencoder(self, self.hparams.autoencoder_checkpoint)
+        super().setup(stage)
 
 
 _SHARED_DOC = """
@@ -128,13 +189,22 @@ _SHARED_DOC = """
         kl_dynamic_weight: Weight of Σ_t KL(q(z_t|·) ‖ p(z_t|z_<t)) (1 = the ELBO).
         lr: Adam learning rate.
         grad_clip_norm: Gradient-norm clipping; 0 disables it.
-        nonfinite_patience: Stop after K consecutive non-finite steps (sdcd.guard); 0 only skips them."""
+        nonfinite_patience: Stop after K consecutive non-finite steps (sdcd.guard); 0 only skips them.
+        stage: "joint" (the paper's), or "disentangle" (ours): on the frozen features of SDCD's stage-1
+            autoencoder (module docstring); feature_dim and base_channels must then match it.
+        autoencoder_checkpoint: For stage "disentangle": the SDCD checkpoint whose frame autoencoder
+            is loaded and frozen when fit starts from scratch.
+        feature_cache: For stage "disentangle": compute the training split's feature means once.
+        feature_noise: For stage "disentangle": std of the unit noise on the features (SDCD's, 1.0)."""
 
 
 def _check(values: dict) -> None:
-    check_hparams(at_least_two=("n_frames",), positive=("feature_dim", "static_dim", "dynamic_dim", "rnn_hidden",
-                                                          "prior_hidden", "lr"),
-                  non_negative=("kl_static_weight", "kl_dynamic_weight", "grad_clip_norm"), **values)
+    check_hparams(choices={"stage": BASELINE_STAGES}, at_least_two=("n_frames",),
+                  positive=("feature_dim", "static_dim", "dynamic_dim", "rnn_hidden", "prior_hidden", "lr"),
+                  non_negative=("kl_static_weight", "kl_dynamic_weight", "grad_clip_norm", "feature_noise"), **values)
+    if values["stage"] == "disentangle" and not values["autoencoder_checkpoint"]:
+        raise ValueError("model.stage=disentangle needs model.autoencoder_checkpoint (an SDCD checkpoint of a "
+                         "stage=autoencoder or joint run)")
 
 
 class DSVAE(SequentialVAE):
@@ -152,6 +222,8 @@ class DSVAE(SequentialVAE):
         feature_dim: int = 128, static_dim: int = 128, dynamic_dim: int = 32, rnn_hidden: int = 256,
         prior_hidden: int = 256, kl_static_weight: float = 1.0, kl_dynamic_weight: float = 1.0,
         lr: float = 1e-3, grad_clip_norm: float = 0.5, nonfinite_patience: int = 10,
+        stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
+        feature_noise: float = 1.0,
     ):
         super().__init__()
         _check(dict(locals()))
@@ -196,7 +268,8 @@ class DBSE(SequentialVAE):
         feature_dim: int = 128, static_dim: int = 128, dynamic_dim: int = 32, rnn_hidden: int = 256,
         prior_hidden: int = 256, kl_static_weight: float = 1.0, kl_dynamic_weight: float = 1.0,
         lr: float = 1e-3, grad_clip_norm: float = 0.5, nonfinite_patience: int = 10,
-        recon_weight: float = 1.0, first_frame_weight: float = 0.2,
+        stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
+        feature_noise: float = 1.0, recon_weight: float = 1.0, first_frame_weight: float = 0.2,
     ):
         super().__init__()
         _check(dict(locals()))
@@ -214,11 +287,12 @@ class DBSE(SequentialVAE):
         mu_z, logvar_z = self.dynamic_head(out)
         return mu_f, logvar_f, mu_z, logvar_z
 
-    def loss_terms(self, x: torch.Tensor, shuffle: bool = False) -> dict[str, torch.Tensor]:
+    def loss_terms(self, x: torch.Tensor, shuffle: bool = False,
+                   h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         hp = self.hparams
-        terms, f, z = self.elbo_terms(x)
-        first = self.decode(f, torch.zeros_like(z[:, :1]))[:, 0]  # the static code alone draws frame 1
-        terms["sse_first"] = ((first.float() - x[:, 0].float()) ** 2).flatten(1).sum(1).mean()
+        terms, f, z, target = self.elbo_terms(x, h)
+        first = self.reconstruct(f, torch.zeros_like(z[:, :1]))[:, 0]  # the static code alone draws frame 1
+        terms["sse_first"] = ((first.float() - target[:, 0].float()) ** 2).flatten(1).sum(1).mean()
         terms["loss"] = (hp.recon_weight * terms["sse"] + hp.first_frame_weight * terms["sse_first"]
                          + hp.kl_static_weight * terms["kl_static"] + hp.kl_dynamic_weight * terms["kl_dynamic"])
         return terms
