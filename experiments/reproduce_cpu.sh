@@ -4,8 +4,11 @@
 #   2. stage 1: the frame autoencoder (experiments/lpc_autoencoder_cpu.yaml)
 #   3. stage 2 with the shuffle, one run per seed (experiments/lpc_shuffle_cpu.yaml), then the protocol
 #   4. stage 2 without the shuffle (experiments/lpc_noshuffle_cpu.yaml), then the protocol
-#   5. one Markdown table, mean ± std over seeds: <folder>/table.md
-# Run dirs: <folder>/autoencoder, <folder>/lpc_shuffle_cpu/seed<N>, <folder>/lpc_noshuffle_cpu/seed<N>.
+#   5. the baselines on the same frozen autoencoder, judge and protocol (experiments/lpc_dsvae_cpu.yaml,
+#      lpc_dbse_cpu.yaml; BASELINES="dsvae dbse", BASELINE_SEEDS="0 1"; BASELINES="" skips them)
+#   6. one Markdown table, mean ± std over seeds: <folder>/table.md, and its plot <folder>/plot.png
+# Run dirs: <folder>/autoencoder, <folder>/lpc_shuffle_cpu/seed<N>, <folder>/lpc_noshuffle_cpu/seed<N>,
+# <folder>/lpc_dsvae_cpu/seed<N>, <folder>/lpc_dbse_cpu/seed<N>.
 # A step whose result exists is skipped, and an interrupted run resumes from its last.ckpt, so
 # running it again continues where it stopped. SEEDS="0 1 2" and OUT=<folder> override the defaults;
 # ARGS are passed to every stage-2 training run (e.g. ARGS="--trainer.max_steps=500"), EVAL_ARGS to
@@ -15,6 +18,8 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/reproduce-cpu}
 SEEDS=${SEEDS:-0 1 2}
 NOSHUFFLE_SEEDS=${NOSHUFFLE_SEEDS:-${SEEDS%% *}}
+BASELINES=${BASELINES-dsvae dbse}
+BASELINE_SEEDS=${BASELINE_SEEDS:-0 1}
 JUDGE=${JUDGE:-judges/sprites_cpu.pt}
 read -r -a EXTRA <<< "${ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
@@ -56,8 +61,15 @@ for seed in $NOSHUFFLE_SEEDS; do
     --seed_everything="$seed" --model.autoencoder_checkpoint="$AE" --evaluation.judge_path="$JUDGE" "${EXTRA[@]}"
   evaluate "$OUT/lpc_noshuffle_cpu/seed$seed"
 done
+for method in $BASELINES; do
+  for seed in $BASELINE_SEEDS; do
+    fit "$OUT/lpc_${method}_cpu/seed$seed" "experiments/lpc_${method}_cpu.yaml" --seed_everything="$seed" \
+      --model.autoencoder_checkpoint="$AE" --evaluation.judge_path="$JUDGE" "${EXTRA[@]}"
+    evaluate "$OUT/lpc_${method}_cpu/seed$seed"
+  done
+done
 # run dirs are <OUT>/<experiment>/seed<N>, so metrics.json names the experiment and the table groups by it
-"$PY" -m sdcd.report --by-experiment "$OUT"/lpc_*_cpu/seed*/ --out "$OUT/table.md" \
+"$PY" -m sdcd.report --by-experiment "$OUT"/lpc_*_cpu/seed*/ --out "$OUT/table.md" --plot "$OUT/plot.png" \
   --metrics 'swap/acc/*' 'sample_static/acc/*' 'sample_dynamics_mean/acc/static' 'probe/f/*' 'probe/lam/*' \
   'peers/acc/action'
 log "wrote $OUT/table.md"
