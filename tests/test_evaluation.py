@@ -20,7 +20,8 @@ def test_derangement_has_no_fixed_points():
 def test_perfect_model_scores_100_on_swap_and_paired():
     dm = Coded(batch_size=8)
     res = evaluate(OracleModel(), dm, OracleJudge(), split="test", repeats=3)
-    for k in ["swap/acc/static", "swap/acc/dynamic", "paired/acc/static", "paired/acc/dynamic",
+    for k in ["reconstruction/acc/static", "reconstruction/acc/dynamic", "reconstruction/intervention",
+              "swap/acc/static", "swap/acc/dynamic", "paired/acc/static", "paired/acc/dynamic",
               "sample_dynamics/acc/static", "sample_static/acc/dynamic"]:
         assert res[k]["mean"] == pytest.approx(1.0) and res[k]["std"] == pytest.approx(0.0), k
     assert res["swap/acc/static_plus_dynamic"]["mean"] == pytest.approx(2.0)
@@ -48,6 +49,23 @@ def test_swap_targets_come_from_the_right_source():
     res = evaluate(Leaky(), dm, OracleJudge(), split="test", repeats=2, tests=("swap",))
     assert res["swap/acc/dynamic"]["mean"] == pytest.approx(1.0)
     assert res["swap/acc/static"]["mean"] < 0.6  # judged against A, but the statics came from B
+
+
+def test_reconstruction_test_judges_every_factor_against_the_sequence_itself():
+    """A model that decodes every sequence to the first one's frames: its reconstructions are wrong
+    wherever a factor of A differs from that sequence's."""
+    dm = Coded(batch_size=8)
+    first = dm.batch("test", [0])
+
+    class Constant(OracleModel):
+        def decode(self, f, lam):
+            return first["x"].expand(len(f), *first["x"].shape[1:])
+
+    res = evaluate(Constant(), dm, OracleJudge(), split="test", repeats=1, tests=("reconstruction",))
+    labels = dm.batch("test", torch.arange(dm.n))["labels"]  # (N, T, F)
+    same = (labels == first["labels"]).double().mean((0, 1))  # how often A's factor equals the first's
+    for i, f in enumerate(FACTORS):
+        assert res[f"reconstruction/acc/{f.name}"]["mean"] == pytest.approx(float(same[i])), f.name
 
 
 def test_evaluation_is_independent_of_batching_and_sharding():

@@ -2,6 +2,8 @@
 
 Tests (each over a whole split, repeated R times with fresh random draws; mean ± std over repeats):
 
+    reconstruction   A's own static code and dynamics, decoded: every factor judged against A. The
+                     ceiling of the swap test for this model (the same codes, the same sampling noise).
     swap             static code of sequence A, dynamics of a random partner B ≠ A. Static factors are
                      judged against A, dynamic factors against B.
     sample_dynamics  A's static code, dynamics drawn from the LSTM prior. Static factors judged against
@@ -53,6 +55,9 @@ def generate(model, test: str, batch: dict, partner: dict | None = None) -> tupl
     """(generated frames (B, T, C, H, W), target labels (B, T, F)) for one test, or None if the batch
     lacks what the test needs (e.g. no paired twins). `partner`: the swap partners' batch."""
     x, labels = batch["x"], batch["labels"]
+    if test == "reconstruction":
+        codes = model.encode(x)
+        return model.decode(codes.f, codes.lam), labels
     if test == "swap":
         return model.decode(model.encode(x).f, model.encode(partner["x"]).lam), partner["labels"]
     if test == "sample_dynamics":
