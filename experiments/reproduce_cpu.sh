@@ -11,8 +11,9 @@
 # <folder>/lpc_dsvae_cpu/seed<N>, <folder>/lpc_dbse_cpu/seed<N>.
 # A step whose result exists is skipped, and an interrupted run resumes from its last.ckpt, so
 # running it again continues where it stopped. SEEDS="0 1 2" and OUT=<folder> override the defaults;
-# ARGS are passed to every stage-2 training run (e.g. ARGS="--trainer.max_steps=500"), EVAL_ARGS to
-# every evaluation (e.g. EVAL_ARGS="--trainer.limit_test_batches=2" for a smoke run).
+# ARGS are passed to every stage-2 training run (e.g. ARGS="--trainer.max_steps=500"), AE_ARGS to stage 1,
+# JUDGE_ARGS to the judge's training, EVAL_ARGS to every evaluation (e.g. a smoke run on a few characters:
+# AE_ARGS/ARGS/JUDGE_ARGS="--data.n_characters=20 --data.val_characters=2 ...").
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/reproduce-cpu}
@@ -23,6 +24,8 @@ BASELINE_SEEDS=${BASELINE_SEEDS:-0 1}
 JUDGE=${JUDGE:-judges/sprites_cpu.pt}
 read -r -a EXTRA <<< "${ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
+read -r -a AE_EXTRA <<< "${AE_ARGS:-}"
+read -r -a JUDGE_EXTRA <<< "${JUDGE_ARGS:-}"
 mkdir -p "$OUT"
 log() { echo "reproduce-cpu: $*"; }
 
@@ -47,9 +50,9 @@ evaluate() {  # evaluate <run dir>: the full protocol on the test split → <run
 
 if [ ! -f "$JUDGE" ]; then
   log "training the CPU judge → $JUDGE"
-  "$PY" -m sdcd fit --config experiments/judge_sprites_cpu.yaml --model.judge_path="$JUDGE"
+  "$PY" -m sdcd fit --config experiments/judge_sprites_cpu.yaml --model.judge_path="$JUDGE" "${JUDGE_EXTRA[@]}"
 fi
-fit "$OUT/autoencoder" experiments/lpc_autoencoder_cpu.yaml
+fit "$OUT/autoencoder" experiments/lpc_autoencoder_cpu.yaml "${AE_EXTRA[@]}"
 AE="$OUT/autoencoder/checkpoints/last.ckpt"
 for seed in $SEEDS; do
   fit "$OUT/lpc_shuffle_cpu/seed$seed" experiments/lpc_shuffle_cpu.yaml --seed_everything="$seed" \
@@ -70,6 +73,6 @@ for method in $BASELINES; do
 done
 # run dirs are <OUT>/<experiment>/seed<N>, so metrics.json names the experiment and the table groups by it
 "$PY" -m sdcd.report --by-experiment "$OUT"/lpc_*_cpu/seed*/ --out "$OUT/table.md" --plot "$OUT/plot.png" \
-  --metrics 'swap/acc/*' 'sample_static/acc/*' 'sample_dynamics_mean/acc/static' 'probe/f/*' 'probe/lam/*' \
+  --metrics 'reconstruction/acc/static' 'swap/acc/*' 'sample_static/acc/*' 'sample_dynamics_mean/acc/static' 'probe/f/*' 'probe/lam/*' \
   'peers/acc/action'
 log "wrote $OUT/table.md"
