@@ -79,3 +79,17 @@ def test_swap_term_is_small_for_identical_copies_large_for_strangers_and_trains_
     strangers.backward()
     assert all(p.grad is not None for p in model.static_encoder.parameters())
     assert any(p.grad is not None for p in model.flow.parameters())
+
+
+def test_the_swap_config_is_the_cpu_recipe_plus_the_departure_only():
+    """experiments/lpc_swap_cpu.yaml = lpc_shuffle_cpu with the measured departure's four values."""
+    import yaml
+    from conftest import EXPERIMENTS
+
+    base = yaml.safe_load((EXPERIMENTS / "lpc_shuffle_cpu.yaml").read_text())
+    swap = yaml.safe_load((EXPERIMENTS / "lpc_swap_cpu.yaml").read_text())
+    departure = {"kl_weight": 20.0, "augmentation_weight": 10.0, "augmentation_loss": "swap",
+                 "augmentation_colours": "permute"}
+    assert {k: swap["model"]["init_args"][k] for k in departure} == departure
+    base["model"]["init_args"].update(departure)
+    assert swap == base
