@@ -37,7 +37,7 @@ from torch import nn
 from sdcd.autoencoder import FrameDecoder, FrameEncoder
 from sdcd.dynamic import LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
-from sdcd.stages import FeatureCache, freeze_autoencoder, load_autoencoder
+from sdcd.stages import FeatureCache, check_stage_args, freeze_autoencoder, load_autoencoder_for_fit
 
 BASELINE_TERMS = ("sse", "kl_static", "kl_dynamic")
 BASELINE_STAGES = ("joint", "disentangle")
@@ -169,9 +169,7 @@ class SequentialVAE(SequentialModule):
         return self.loss_terms(batch["x"])
 
     def setup(self, stage: str) -> None:
-        if (stage == "fit" and self.two_stage and self._trainer is not None
-                and not self.trainer.ckpt_path):  # a resumed run has the frozen weights in its checkpoint
-            load_autoencoder(self, self.hparams.autoencoder_checkpoint)
+        load_autoencoder_for_fit(self, stage)
         super().setup(stage)
 
 
@@ -202,9 +200,7 @@ def _check(values: dict) -> None:
     check_hparams(choices={"stage": BASELINE_STAGES}, at_least_two=("n_frames",),
                   positive=("feature_dim", "static_dim", "dynamic_dim", "rnn_hidden", "prior_hidden", "lr"),
                   non_negative=("kl_static_weight", "kl_dynamic_weight", "grad_clip_norm", "feature_noise"), **values)
-    if values["stage"] == "disentangle" and not values["autoencoder_checkpoint"]:
-        raise ValueError("model.stage=disentangle needs model.autoencoder_checkpoint (an SDCD checkpoint of a "
-                         "stage=autoencoder or joint run)")
+    check_stage_args(values["stage"], values["autoencoder_checkpoint"])
 
 
 class DSVAE(SequentialVAE):

@@ -21,7 +21,14 @@ from sdcd.autoencoder import FrameDecoder, FrameEncoder
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
 from sdcd.shuffle import permute_along_time
-from sdcd.stages import STAGES, FeatureCache, freeze_autoencoder, load_autoencoder
+from sdcd.stages import (
+    STAGES,
+    FeatureCache,
+    check_stage_args,
+    freeze_autoencoder,
+    load_autoencoder,
+    load_autoencoder_for_fit,
+)
 from sdcd.static import StaticEncoder, StaticPrior, gaussian_log_prob, product_of_gaussians
 
 
@@ -93,9 +100,7 @@ class SDCD(SequentialModule):
                       positive=("latent_dim", "lr", "augmentation_temperature"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
                                     "feature_noise", "augmentation_weight"), **locals())
-        if stage == "disentangle" and not autoencoder_checkpoint:
-            raise ValueError("model.stage=disentangle needs model.autoencoder_checkpoint (a checkpoint of a "
-                             "stage=autoencoder or joint run)")
+        check_stage_args(stage, autoencoder_checkpoint)
         self.save_hyperparameters()
         d = latent_dim
         self.encoder = FrameEncoder(frame_size, channels, base_channels, d)
@@ -210,9 +215,7 @@ class SDCD(SequentialModule):
         load_autoencoder(self, path)
 
     def setup(self, stage: str) -> None:
-        if (stage == "fit" and self.hparams.stage == "disentangle" and self._trainer is not None
-                and not self.trainer.ckpt_path):  # a resumed run has the frozen weights in its checkpoint
-            self.load_autoencoder(self.hparams.autoencoder_checkpoint)
+        load_autoencoder_for_fit(self, stage)
         super().setup(stage)  # checks the data's shapes
 
     # ---------------------------------------------------------------- public API (evaluation, pictures)

@@ -28,6 +28,21 @@ STAGES = ("joint", "autoencoder", "disentangle")
 AUTOENCODER = ("encoder", "mean_net", "decoder")  # the frame autoencoder's submodules
 
 
+def check_stage_args(stage: str, autoencoder_checkpoint: str | None) -> None:
+    """Stage 2 needs the checkpoint of a stage-1 (or joint) run: a one-line error otherwise."""
+    if stage == "disentangle" and not autoencoder_checkpoint:
+        raise ValueError("model.stage=disentangle needs model.autoencoder_checkpoint (an SDCD checkpoint of a "
+                         "stage=autoencoder or joint run)")
+
+
+def load_autoencoder_for_fit(model, stage: str) -> None:
+    """From `setup`: a stage-2 fit that starts from scratch loads its frozen autoencoder (a resumed run
+    has the frozen weights in its checkpoint; evaluation gets them from the checkpoint it loads)."""
+    if (stage == "fit" and model.hparams.stage == "disentangle" and model._trainer is not None
+            and not model.trainer.ckpt_path):
+        load_autoencoder(model, model.hparams.autoencoder_checkpoint)
+
+
 def freeze_autoencoder(model: torch.nn.Module) -> None:
     for name in AUTOENCODER:
         getattr(model, name).requires_grad_(False)
