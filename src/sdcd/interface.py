@@ -15,6 +15,7 @@ its networks, its `loss_terms` and the four calls above. SDCD (sdcd.model) and t
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -51,6 +52,18 @@ class Codes(NamedTuple):
     features: torch.Tensor  # (B, T, D) frame features they were computed from
 
 
+def scheduled_lr(step: int, lr: float, decay_start: int = 0, decay_steps: int = 0, final: float = 0.05) -> float:
+    """The learning rate at optimizer step `step`: `lr` until `decay_start`, then a cosine down to
+    `final`·lr over `decay_steps` steps, held there after. `decay_steps` 0 keeps `lr` throughout.
+
+    A function of the step alone, so a resumed run (or a run resumed with a schedule it did not have,
+    e.g. a constant-lr autoencoder continued with a decay) and every DDP rank get the same value."""
+    if decay_steps <= 0 or step < decay_start:
+        return lr
+    t = min(1.0, (step - decay_start) / decay_steps)
+    return lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
 @runtime_checkable
 class SequentialDisentangler(Protocol):
     def encode(self, x: torch.Tensor, mean: bool = False) -> Codes: ...
@@ -64,7 +77,8 @@ class SequentialDisentangler(Protocol):
 
 class SequentialModule(LightningModule):
     """Shared training plumbing. A subclass sets hparams `n_frames`, `frame_size`, `channels`, `lr`,
-    `grad_clip_norm`, `nonfinite_patience` (its own documented `__init__` arguments) and implements
+    `grad_clip_norm`, `nonfinite_patience` (its own documented `__init__` arguments; optionally
+    `lr_decay_start`, `lr_decay_steps`, `lr_final`: `scheduled_lr`) and implements
     `loss_terms(x, shuffle) -> {"loss": ..., <term>: ...}` with every name in `guarded_terms`."""
 
     guarded_terms: tuple[str, ...] = GUARDED_TERMS
@@ -119,6 +133,16 @@ class SequentialModule(LightningModule):
         # a non-finite loss or gradient never reaches the weights (no host sync)
         skipped = self.guard.skip_if_nonfinite(optimizer, norm, self.global_step)
         self.log("train/skipped_steps", skipped, on_step=True, on_epoch=False)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # the lr schedule (optional hparams lr_decay_*; constant without them): set from global_step on
+        # the host, no sync; it overrides whatever lr a resumed optimizer state carried
+        hp = self.hparams
+        if hp.get("lr_decay_steps", 0) > 0:
+            lr = scheduled_lr(self.global_step, hp.lr, hp.lr_decay_start, hp.lr_decay_steps, hp.lr_final)
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.guard.check(self.global_step, self.hparams.nonfinite_patience)  # one host sync every K steps

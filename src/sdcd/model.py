@@ -56,6 +56,10 @@ class SDCD(SequentialModule):
         feature_noise: Std of the unit noise added to frame features, train and test (1.0).
         variance_floor: Floor on the aggregated static variance (1e-6).
         lr: Adam learning rate (1e-3).
+        lr_decay_start: Optimizer step at which a cosine decay of the learning rate starts (0).
+        lr_decay_steps: Its length in steps; 0 (the paper) keeps the rate constant. Keyed on the step
+            alone (sdcd.interface.scheduled_lr), so it also applies to a run resumed with --ckpt_path.
+        lr_final: The rate at the end of the decay, as a fraction of lr (0.05).
         grad_clip_norm: Gradient-norm clipping, always on (0.5); 0 disables it.
         compile: torch.compile the training objective (`loss_terms`) when fit starts; eval stays eager.
         channels_last: Keep the conv weights, hence the conv activations, in channels_last memory format.
@@ -88,7 +92,7 @@ class SDCD(SequentialModule):
         feature_noise: float = 1.0, variance_floor: float = 1e-6,
         # optimisation and speed
         lr: float = 1e-3, grad_clip_norm: float = 0.5, compile: bool = False, channels_last: bool = False,
-        nonfinite_patience: int = 10,
+        nonfinite_patience: int = 10, lr_decay_start: int = 0, lr_decay_steps: int = 0, lr_final: float = 0.05,
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute",
@@ -99,7 +103,8 @@ class SDCD(SequentialModule):
                                "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
-                                    "feature_noise", "augmentation_weight"), **locals())
+                                    "feature_noise", "augmentation_weight", "lr_decay_start", "lr_decay_steps",
+                                    "lr_final"), **locals())
         check_stage_args(stage, autoencoder_checkpoint)
         self.save_hyperparameters()
         d = latent_dim
