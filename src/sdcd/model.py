@@ -18,6 +18,7 @@ from einops import rearrange, repeat
 
 from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, colour_augmentation
 from sdcd.autoencoder import FrameDecoder, FrameEncoder
+from sdcd.cycle import swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
 from sdcd.shuffle import permute_along_time
@@ -73,6 +74,9 @@ class SDCD(SequentialModule):
             (random per-channel gains, brightness too) or "palette" (each distinct colour of a
             sequence replaced by a random one; black kept).
         augmentation_temperature: Temperature of the InfoNCE form.
+        cycle_weight: Weight of the swap-cycle term, a named departure (sdcd.cycle; 0 = off, the
+            paper): A's static code with the next row's dynamics, h(λ_B, f_A), must give f_A back
+            through the (fixed) static encoder.
         stage: "joint" (the paper), or the two-stage recipe's "autoencoder" / "disentangle" (sdcd.stages).
         autoencoder_checkpoint: For stage "disentangle": the checkpoint whose frame autoencoder is
             loaded and frozen when fit starts from scratch.
@@ -95,7 +99,7 @@ class SDCD(SequentialModule):
         nonfinite_patience: int = 10, lr_decay_start: int = 0, lr_decay_steps: int = 0, lr_final: float = 0.05,
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
-        augmentation_colours: str = "permute",
+        augmentation_colours: str = "permute", cycle_weight: float = 0.0,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
     ):
         super().__init__()
@@ -103,8 +107,8 @@ class SDCD(SequentialModule):
                                "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
-                                    "feature_noise", "augmentation_weight", "lr_decay_start", "lr_decay_steps",
-                                    "lr_final"), **locals())
+                                    "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
+                                    "lr_decay_steps", "lr_final"), **locals())
         check_stage_args(stage, autoencoder_checkpoint)
         self.save_hyperparameters()
         d = latent_dim
@@ -171,6 +175,9 @@ class SDCD(SequentialModule):
         if hp.augmentation_weight > 0 and self.training:  # a named departure (sdcd.augmentation)
             terms["augmentation"] = colour_augmentation(self, x, e.detach(), cached)
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
+        if hp.cycle_weight > 0 and self.training:  # a named departure (sdcd.cycle)
+            terms["cycle"] = swap_cycle_term(self, e.detach())
+            terms["loss"] = terms["loss"] + hp.cycle_weight * terms["cycle"]
         return terms
 
     def disentanglement_terms(self, e_in: torch.Tensor, shuffle: bool) -> dict[str, torch.Tensor]:
