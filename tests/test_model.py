@@ -44,8 +44,9 @@ def test_two_stage_recipe_through_the_cli(in_tmp):
     (ae_ckpt,) = Path(in_tmp).glob("runs/tiny/*/checkpoints/last.ckpt")
     ae = torch.load(ae_ckpt, weights_only=False)["state_dict"]
     cli = main(["fit", *TINY, "--model.stage=disentangle", f"--model.autoencoder_checkpoint={ae_ckpt}",
-                "--trainer.max_steps=3", "--model.augmentation_weight=1.0"])
+                "--trainer.max_steps=3", "--model.augmentation_weight=1.0", "--model.cycle_weight=1.0"])
     model, dm = cli.model, cli.datamodule
+    assert {"train/augmentation", "train/cycle"} <= set(cli.trainer.callback_metrics)
     cached, cached_aug = model.cached_features("train", torch.tensor([0, 5]))  # built at the first step
     with torch.no_grad():
         torch.testing.assert_close(cached, model.frame_features(dm.batch("train", [0, 5])["x"], noise=False))

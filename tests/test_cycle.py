@@ -1,0 +1,67 @@
+"""sdcd.cycle: the swap-cycle departure."""
+
+import copy
+
+import pytest
+import torch
+from einops import repeat
+
+from sdcd.cycle import swap_cycle_term
+from sdcd.model import SDCD
+from sdcd.static import product_of_gaussians
+
+
+def test_one_sequence_cycles_to_itself_so_only_the_sampling_noise_of_f_is_charged(tiny_model_kwargs):
+    """With B = 1 the "next row" is the row itself: h(h⁻¹(e, f), f) = e, the reader finds q(f | e) again,
+    and the term is ½‖ε‖² for the sample f = μ + σ·ε."""
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs).eval()  # eval: the static posterior draws no frame-wise samples
+    e = 3 * torch.randn(1, 4, 16)
+    torch.manual_seed(1)
+    term = swap_cycle_term(model, e)
+    torch.manual_seed(1)
+    _, mu, _ = model.static_posterior(e)
+    eps = torch.randn_like(mu)
+    torch.testing.assert_close(term, 0.5 * (eps**2).sum(), rtol=1e-3, atol=1e-3)
+
+
+def test_the_static_encoder_reads_the_swapped_features_with_fixed_weights(tiny_model_kwargs):
+    """The flow and the static code of A learn from the term; the static encoder only through f_A, never
+    as the reader: its gradients equal those of the same expression read by a frozen copy."""
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs).train()
+    e = 3 * torch.randn(6, 4, 16)
+    torch.manual_seed(2)
+    swap_cycle_term(model, e).backward()
+    got = [p.grad.clone() for p in model.static_encoder.parameters()]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.flow.parameters())
+
+    model.zero_grad()
+    reader = copy.deepcopy(model.static_encoder).requires_grad_(False)
+    torch.manual_seed(2)
+    _, mu_a, var_a = model.static_posterior(e)
+    f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)
+    ctx = repeat(f_a, "b d -> b t d", t=4)
+    lam, _ = model.flow.inverse_and_log_prob(e, ctx)
+    mu_ab, _ = product_of_gaussians(*reader(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+    (0.5 * ((mu_ab - f_a.detach()) ** 2 / var_a.detach()).sum(1).mean()).backward()
+    for g, p in zip(got, model.static_encoder.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_cycle_term_is_added_in_training_only(tiny_model_kwargs):
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, cycle_weight=3.0)
+    x = torch.rand(4, 4, 3, 32, 32)
+    terms = model.loss_terms(x, shuffle=True)
+    assert terms["cycle"] > 0
+    without = terms["loss"] - 3.0 * terms["cycle"]
+    torch.testing.assert_close(without, terms["sse"] + 0.2 * terms["kl"] + 20.0 * (
+        terms["nll_flow"] + 0.0025 * terms["nll_prior"]))
+    model.eval()
+    assert "cycle" not in model.loss_terms(x, shuffle=False)
+
+
+def test_a_negative_cycle_weight_is_refused(tiny_model_kwargs):
+    with pytest.raises(ValueError, match="cycle_weight"):
+        SDCD(**tiny_model_kwargs, cycle_weight=-1.0)
