@@ -9,13 +9,20 @@ else's poses is left to how the flow generalises.
 
 The cycle closes that loop without labels: within a batch, each sequence's static code is combined with
 the dynamics of the next row, e_AB = h(λ_B, f_A), and the static encoder, read as a fixed judge of
-appearance (its weights detached, so it cannot learn to excuse the flow), must find f_A again in e_AB:
+appearance, must find f_A again in e_AB:
 
     cycle = ½ Σ_d (μ_d(e_AB) − f_A,d)² / σ²_A,d,        batch-averaged,
 
 with μ(e_AB) the aggregated static posterior mean of the swapped features, and σ²_A the posterior
-variance of q(f | e_A) (detached): a mismatch of one posterior standard deviation costs ½. The flow (and
-the static code f_A) learn from it; the static encoder's weights do not.
+variance of q(f | e_A) (detached): a mismatch of one posterior standard deviation costs ½. The flow and
+the static code f_A learn from it. `cycle_reader` says whether the static encoder also learns from it
+*as the reader*:
+
+* "fixed": its weights are detached there, so it cannot learn to excuse the flow. But then whatever f_A
+  holds about the action (a posterior mean can read it although the flow ignores it) is asked back
+  from e_AB too, and the flow is pushed to draw A's action: measured, the action moves back to f.
+* "trained": the reader learns as well, so it can instead learn to ignore what the swap cannot carry
+  over (B's action, drawn by λ_B) — f then reads only what f controls.
 
 Its measured effect on Sprites: README, "Sprites on a CPU", and docs/sprites.md.
 """
@@ -28,6 +35,8 @@ from torch.func import functional_call
 
 from sdcd.static import product_of_gaussians
 
+CYCLE_READERS = ("fixed", "trained")
+
 
 def swap_cycle_term(model, e: torch.Tensor) -> torch.Tensor:
     """The cycle term for (detached, noisy) frame features e: (B, T, D) of a training batch (B ≥ 2)."""
@@ -38,8 +47,11 @@ def swap_cycle_term(model, e: torch.Tensor) -> torch.Tensor:
     lam, _ = model.flow.inverse_and_log_prob(e, repeat(f_a, "b d -> b t d", t=t))  # (B, T, D)
     lam_b = lam.roll(1, dims=0)  # row i gets row i−1's dynamics (with B = 1, its own)
     e_ab = model.flow.generate(lam_b, repeat(f_a, "b d -> b t d", t=t))  # (B, T, D)
-    reader = {name: p.detach() for name, p in model.static_encoder.named_parameters()}
-    mu_t, logvar_t = functional_call(model.static_encoder, reader, (e_ab,))
+    if hp.cycle_reader == "fixed":
+        reader = {name: p.detach() for name, p in model.static_encoder.named_parameters()}
+        mu_t, logvar_t = functional_call(model.static_encoder, reader, (e_ab,))
+    else:
+        mu_t, logvar_t = model.static_encoder(e_ab)
     mu_ab, _ = product_of_gaussians(mu_t, logvar_t, hp.variance_floor)
     target = f_a.detach().float()
     return 0.5 * ((mu_ab.float() - target) ** 2 / var_a.detach().float()).sum(1).mean()

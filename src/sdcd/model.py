@@ -18,7 +18,7 @@ from einops import rearrange, repeat
 
 from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, colour_augmentation
 from sdcd.autoencoder import FrameDecoder, FrameEncoder
-from sdcd.cycle import swap_cycle_term
+from sdcd.cycle import CYCLE_READERS, swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
 from sdcd.shuffle import permute_along_time
@@ -76,7 +76,9 @@ class SDCD(SequentialModule):
         augmentation_temperature: Temperature of the InfoNCE form.
         cycle_weight: Weight of the swap-cycle term, a named departure (sdcd.cycle; 0 = off, the
             paper): A's static code with the next row's dynamics, h(λ_B, f_A), must give f_A back
-            through the (fixed) static encoder.
+            through the static encoder.
+        cycle_reader: "fixed" (the static encoder reads h(λ_B, f_A) with detached weights) or
+            "trained" (it also learns from the cycle as the reader); sdcd.cycle says why.
         stage: "joint" (the paper), or the two-stage recipe's "autoencoder" / "disentangle" (sdcd.stages).
         autoencoder_checkpoint: For stage "disentangle": the checkpoint whose frame autoencoder is
             loaded and frozen when fit starts from scratch.
@@ -100,11 +102,12 @@ class SDCD(SequentialModule):
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", cycle_weight: float = 0.0,
+        cycle_reader: str = "trained",
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
     ):
         super().__init__()
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
-                               "stage": STAGES}, at_least_two=("n_frames",),
+                               "cycle_reader": CYCLE_READERS, "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
                                     "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
