@@ -39,16 +39,19 @@ def test_the_fixed_reader_reads_the_swapped_features_with_detached_weights(tiny_
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.flow.parameters())
 
     model.zero_grad()
-    reader = copy.deepcopy(model.static_encoder).requires_grad_(False)
+    frozen = copy.deepcopy(model.static_encoder).requires_grad_(False)
     torch.manual_seed(2)
     _, mu_a, var_a = model.static_posterior(e)
     f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)
     ctx = repeat(f_a, "b d -> b t d", t=4)
     lam, _ = model.flow.inverse_and_log_prob(e, ctx)
-    mu_ab, _ = product_of_gaussians(*reader(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+    mu_ab, _ = product_of_gaussians(*frozen(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
     (0.5 * ((mu_ab - f_a.detach()) ** 2 / var_a.detach()).sum(1).mean()).backward()
-    same = [torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6) for g, p in zip(got, model.static_encoder.parameters())]
-    assert all(same) if reader == "fixed" else not any(same)
+    rel = [((g - p.grad).abs().max() / g.abs().max()).item() for g, p in zip(got, model.static_encoder.parameters())]
+    if reader == "fixed":
+        assert max(rel) < 1e-4
+    else:
+        assert max(rel) > 0.5
 
 
 def test_cycle_term_is_added_in_training_only(tiny_model_kwargs):
