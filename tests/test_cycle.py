@@ -72,3 +72,20 @@ def test_a_negative_cycle_weight_or_an_unknown_reader_is_refused(tiny_model_kwar
         SDCD(**tiny_model_kwargs, cycle_weight=-1.0)
     with pytest.raises(ValueError, match="cycle_reader"):
         SDCD(**tiny_model_kwargs, cycle_reader="frozen")
+    with pytest.raises(ValueError, match="cycle_form"):
+        SDCD(**tiny_model_kwargs, cycle_form="both")
+
+
+def test_the_pair_form_of_one_sequence_charges_the_sum_of_its_two_readings(tiny_model_kwargs):
+    """With B = 1 both swaps of the "pair" are the sequence itself: (2μ − 2f)² / 2σ² = 2·(μ − f)² / σ²,
+    twice the "each" form's value for the same sample of f."""
+    torch.manual_seed(0)
+    each = SDCD(**tiny_model_kwargs).eval()
+    pair = SDCD(**tiny_model_kwargs, cycle_form="pair").eval()
+    pair.load_state_dict(each.state_dict())
+    e = 3 * torch.randn(1, 4, 16)
+    torch.manual_seed(1)
+    one = swap_cycle_term(each, e)
+    torch.manual_seed(1)
+    torch.testing.assert_close(swap_cycle_term(pair, e), 2 * one, rtol=1e-3, atol=1e-3)
+

@@ -18,7 +18,7 @@ from einops import rearrange, repeat
 
 from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, colour_augmentation
 from sdcd.autoencoder import FrameDecoder, FrameEncoder
-from sdcd.cycle import CYCLE_READERS, swap_cycle_term
+from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
 from sdcd.shuffle import permute_along_time
@@ -79,6 +79,8 @@ class SDCD(SequentialModule):
             through the static encoder.
         cycle_reader: "fixed" (the static encoder reads h(λ_B, f_A) with detached weights) or
             "trained" (it also learns from the cycle as the reader); sdcd.cycle says why.
+        cycle_form: "each" (every swap must read back as its static code) or "pair" (the two swaps of
+            a pair of rows must read back as the sum of their static codes; sdcd.cycle).
         stage: "joint" (the paper), or the two-stage recipe's "autoencoder" / "disentangle" (sdcd.stages).
         autoencoder_checkpoint: For stage "disentangle": the checkpoint whose frame autoencoder is
             loaded and frozen when fit starts from scratch.
@@ -102,12 +104,13 @@ class SDCD(SequentialModule):
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", cycle_weight: float = 0.0,
-        cycle_reader: str = "trained",
+        cycle_reader: str = "fixed", cycle_form: str = "each",
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
     ):
         super().__init__()
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
-                               "cycle_reader": CYCLE_READERS, "stage": STAGES}, at_least_two=("n_frames",),
+                               "cycle_reader": CYCLE_READERS, "cycle_form": CYCLE_FORMS,
+                               "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
                                     "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
