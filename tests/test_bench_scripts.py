@@ -19,7 +19,7 @@ epoch = importlib.import_module("epoch")
 time_to_accuracy = importlib.import_module("time_to_accuracy")
 
 
-@pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py"])
+@pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py", "swap_errors.py"])
 def test_help(script):
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
@@ -176,3 +176,37 @@ def test_gpu_run_tiny_end_to_end(tmp_path):
     assert tta["progress"] and tta["test"]["swap/acc/static"]["mean"] >= 0 and tta["stopped"]
     assert json.loads((out / "judge.json").read_text())["test_scores"]["acc/static"] >= 0
     assert str(work / "site") in (out / "env.txt").read_text()  # sdcd came from the install phase
+
+
+def test_swap_errors_tell_a_leak_through_the_dynamics_from_a_perfect_swap():
+    from helpers.oracle import Coded, OracleJudge, OracleModel
+
+    from sdcd.interface import Codes
+
+    swap_errors = importlib.import_module("swap_errors").swap_errors
+
+    class Leaky(OracleModel):
+        """The colour travels with λ: a swap shows the partner's colour, A's shape."""
+
+        def encode(self, x, mean=False):
+            c = super().encode(x)
+            return Codes(f=c.f, f_mean=c.f_mean, lam=torch.cat([c.lam, c.f[:, None, :1].expand_as(c.lam)], 2),
+                         features=c.features)
+
+        def decode(self, f, lam):
+            out = super().decode(f, lam[..., :1])
+            out[:, :, 0, 0, 0] = lam[..., 1]
+            return out
+
+    dm = Coded(n=37)
+    dm.setup("test")
+    batches = [dm.batch("test", idx) for idx in torch.arange(37).split(12)]
+    perfect = swap_errors(OracleModel(), OracleJudge(), batches)
+    assert set(perfect) == {"colour", "shape"}  # the static factors only
+    assert perfect["colour"]["acc"] == 1.0 and perfect["colour"]["errors"] == 0
+    assert perfect["colour"]["read_as_partner"] == 0.0
+    leaky = swap_errors(Leaky(), OracleJudge(), batches)
+    colour = leaky["colour"]
+    assert colour["read_as_partner"] == 1.0 and colour["acc_same_class"] == 1.0 and colour["acc_other_class"] == 0.0
+    assert 0 < colour["acc"] < 1 and sum(map(sum, colour["confusion"])) == 37
+    assert leaky["shape"]["acc"] == 1.0
