@@ -2,7 +2,8 @@
 factor drawn wrong whoever the partner is (docs/sprites.md, "What the swap gets wrong").
 
 For every test sequence A, decode(f_A, λ_B) with two partners B (the previous and the one-before-previous
-row of a shuffled order) and judge it. Per static factor:
+row of a shuffled order) and judge it. Per sequence-level factor (on Sprites the action too, which a
+swap should read as B's):
 
 * acc: the judge reads A's class (the protocol's swap accuracy, one partner);
 * acc_same_class / acc_other_class: the same, split by whether B has A's class — equal when nothing of
