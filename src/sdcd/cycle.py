@@ -22,7 +22,8 @@ the static code f_A learn from it. `cycle_reader` says whether the static encode
   holds about the action (a posterior mean can read it although the flow ignores it) is asked back
   from e_AB too, and the flow is pushed to draw A's action: measured, the action moves back to f.
 * "trained": the reader learns as well, so it can instead learn to ignore what the swap cannot carry
-  over (B's action, drawn by λ_B) — f then reads only what f controls.
+  over (B's action, drawn by λ_B) — f then reads only what f controls. Measured, the action stays in λ,
+  but the reader also learns to excuse the flow on the appearance, which then swaps worse.
 
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
