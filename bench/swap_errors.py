@@ -30,19 +30,19 @@ from sdcd.judge import judge_targets
 @torch.no_grad()
 def swap_errors(model, judge, batches) -> dict[str, dict]:
     """`batches`: an iterable of {"x": (B, T, C, H, W), "labels": (B, T, F)}; B ≥ 3 for two partners."""
-    static = [i for i, s in enumerate(judge.sequence_level) if s]
-    names = [judge.factors[i].name for i in static]
+    seq_level = [i for i, s in enumerate(judge.sequence_level) if s]
+    names = [judge.factors[i].name for i in seq_level]
     stats = {n: {"n": 0, "ok": 0, "same_n": 0, "same_ok": 0, "diff_n": 0, "as_partner": 0, "err": 0,
                  "err_recur": 0, "confusion": torch.zeros(judge.factors[i].n_classes, judge.factors[i].n_classes,
-                                                         dtype=torch.long)} for n, i in zip(names, static)}
+                                                         dtype=torch.long)} for n, i in zip(names, seq_level)}
     for batch in batches:
         codes = model.encode(batch["x"])
         targets = judge_targets(judge, batch["labels"])
         read = []
         for shift in (1, 2):  # two partners per sequence
             logits = judge(model.decode(codes.f, codes.lam.roll(shift, 0)).float().clamp(0, 1))
-            read.append([logits[i].argmax(-1) for i in static])
-        for k, (n, i) in enumerate(zip(names, static)):
+            read.append([logits[i].argmax(-1) for i in seq_level])
+        for k, (n, i) in enumerate(zip(names, seq_level)):
             a, b = targets[i], targets[i].roll(1, 0)
             p1, p2 = read[0][k], read[1][k]
             s = stats[n]

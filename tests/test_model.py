@@ -78,20 +78,24 @@ def test_autoencoder_of_another_width_is_refused(tiny_model_kwargs, tmp_path):
         model.load_autoencoder(tmp_path / "ae.ckpt")
 
 
-@pytest.mark.parametrize("form, colours",
-                         [("infonce", "permute"), ("mse", "gain"), ("swap", "gain"), ("swap", "palette")])
-def test_augmentation_term_is_added_in_training_only(tiny_model_kwargs, form, colours):
+@pytest.mark.parametrize("term, weight, departure", [
+    ("augmentation", 2.0, dict(augmentation_loss="infonce", augmentation_colours="permute")),
+    ("augmentation", 2.0, dict(augmentation_loss="mse", augmentation_colours="gain")),
+    ("augmentation", 2.0, dict(augmentation_loss="swap", augmentation_colours="gain")),
+    ("augmentation", 2.0, dict(augmentation_loss="swap", augmentation_colours="palette")),
+    ("cycle", 3.0, {}),  # sdcd.cycle
+])
+def test_a_departure_term_is_added_in_training_only(tiny_model_kwargs, term, weight, departure):
     torch.manual_seed(0)
-    model = SDCD(**{**tiny_model_kwargs, "channels": 3}, augmentation_weight=2.0, augmentation_loss=form,
-                 augmentation_colours=colours)
+    model = SDCD(**{**tiny_model_kwargs, "channels": 3}, **{f"{term}_weight": weight}, **departure)
     x = torch.rand(4, 4, 3, 32, 32)
     terms = model.loss_terms(x, shuffle=True)
-    assert terms["augmentation"] > 0
-    without = terms["loss"] - 2.0 * terms["augmentation"]
+    assert terms[term] > 0
+    without = terms["loss"] - weight * terms[term]
     torch.testing.assert_close(without, terms["sse"] + 0.2 * terms["kl"] + 20.0 * (
         terms["nll_flow"] + 0.0025 * terms["nll_prior"]))
     model.eval()
-    assert "augmentation" not in model.loss_terms(x, shuffle=False)
+    assert term not in model.loss_terms(x, shuffle=False)
 
 
 # Recorded with the code of commit 2af7d69, before the model was split into autoencoder.py, static.py,
