@@ -98,16 +98,19 @@ def swap_term(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:
     return 0.5 * (err_a.sum((1, 2)) + err_b.sum((1, 2))).mean()
 
 
-def colour_augmentation(model, x: torch.Tensor, e: torch.Tensor, cached: tuple | None) -> torch.Tensor:
-    """The term for a training batch x: (B, T, C, H, W) with (detached) noisy features e: (B, T, D).
-    With stage 2's cache the copy's features get the same feature noise as e (its rows' fixed copies);
-    otherwise the copy is encoded afresh, with fresh noise."""
-    hp = model.hparams
+def augmented_features(model, x: torch.Tensor, e: torch.Tensor, cached: tuple | None) -> torch.Tensor:
+    """The colour-changed copy's features e_aug: (B, T, D) for a training batch x: (B, T, C, H, W) with
+    (detached) noisy features e. With stage 2's cache the copy's features get the same feature noise as
+    e (its rows' fixed copies); otherwise the copy is encoded afresh, with fresh noise."""
     if cached is not None:
-        e_aug = cached[1] + (e - cached[0])
-    else:
-        with torch.no_grad():  # the copy trains the disentanglement part only
-            e_aug = model.frame_features(augment_colours(x, hp.augmentation_colours))
+        return cached[1] + (e - cached[0])
+    with torch.no_grad():  # the copy trains the disentanglement part only
+        return model.frame_features(augment_colours(x, model.hparams.augmentation_colours))
+
+
+def colour_augmentation(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:
+    """The term for (detached) features e and e_aug: (B, T, D) of a batch and of its colour-changed copy."""
+    hp = model.hparams
     if hp.augmentation_loss == "swap":
         return swap_term(model, e, e_aug)
     return augmentation_term(model.codes_of_features(e).lam, model.codes_of_features(e_aug).lam,

@@ -16,9 +16,9 @@ import os
 import torch
 from einops import rearrange, repeat
 
-from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, colour_augmentation
+from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, augmented_features, colour_augmentation
 from sdcd.autoencoder import FrameDecoder, FrameEncoder
-from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, swap_cycle_term
+from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, AppearanceSubspace, check_cycle_args, swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
 from sdcd.shuffle import permute_along_time
@@ -77,10 +77,16 @@ class SDCD(SequentialModule):
         cycle_weight: Weight of the swap-cycle term, a named departure (sdcd.cycle; 0 = off, the
             paper): A's static code with the next row's dynamics, h(λ_B, f_A), must give f_A back
             through the static encoder.
-        cycle_reader: "fixed" (the static encoder reads h(λ_B, f_A) with detached weights) or
-            "trained" (it also learns from the cycle as the reader); sdcd.cycle says why.
+        cycle_reader: "fixed" (the static encoder reads h(λ_B, f_A) with detached weights),
+            "trained" (it also learns from the cycle as the reader), or "appearance" (fixed, and only
+            the directions of f that the colour augmentation moves are compared; needs
+            augmentation_weight > 0); sdcd.cycle says why.
         cycle_form: "each" (every swap must read back as its static code) or "pair" (the two swaps of
             a pair of rows must read back as the sum of their static codes; sdcd.cycle).
+        cycle_subspace_mass: For the "appearance" reader: the fraction of the variance of f's
+            colour-augmentation moves that the compared subspace keeps (its leading directions; 0.99).
+        cycle_subspace_momentum: For the "appearance" reader: momentum of the running average of that
+            variance's covariance, one update per training step (0.99).
         stage: "joint" (the paper), or the two-stage recipe's "autoencoder" / "disentangle" (sdcd.stages).
         autoencoder_checkpoint: For stage "disentangle": the checkpoint whose frame autoencoder is
             loaded and frozen when fit starts from scratch.
@@ -104,7 +110,8 @@ class SDCD(SequentialModule):
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", cycle_weight: float = 0.0,
-        cycle_reader: str = "fixed", cycle_form: str = "each",
+        cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
+        cycle_subspace_momentum: float = 0.99,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
     ):
         super().__init__()
@@ -116,6 +123,7 @@ class SDCD(SequentialModule):
                                     "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
                                     "lr_decay_steps", "lr_final"), **locals())
         check_stage_args(stage, autoencoder_checkpoint)
+        check_cycle_args(cycle_weight, cycle_reader, augmentation_weight, cycle_subspace_mass, cycle_subspace_momentum)
         self.save_hyperparameters()
         d = latent_dim
         self.encoder = FrameEncoder(frame_size, channels, base_channels, d)
@@ -127,6 +135,9 @@ class SDCD(SequentialModule):
         self.dynamic_prior = LSTMPrior(d, lstm_hidden, lstm_layers)
         self._compiled_loss_terms = None  # torch.compile(self.loss_terms), made by configure_model
         self.feature_cache = FeatureCache()  # stage 2's frozen feature means (not saved)
+        # the "appearance" cycle reader's running subspace (saved; absent otherwise, so older checkpoints load)
+        self.appearance_subspace = (AppearanceSubspace(d, cycle_subspace_mass, cycle_subspace_momentum)
+                                    if cycle_reader == "appearance" else None)
         if stage == "disentangle":
             freeze_autoencoder(self)
 
@@ -178,11 +189,13 @@ class SDCD(SequentialModule):
         terms = self.disentanglement_terms(e.detach(), shuffle)  # its gradients never reach the autoencoder
         terms["loss"] = sse + terms["loss"]
         terms["sse"] = sse
+        e_aug = None
         if hp.augmentation_weight > 0 and self.training:  # a named departure (sdcd.augmentation)
-            terms["augmentation"] = colour_augmentation(self, x, e.detach(), cached)
+            e_aug = augmented_features(self, x, e.detach(), cached)
+            terms["augmentation"] = colour_augmentation(self, e.detach(), e_aug)
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         if hp.cycle_weight > 0 and self.training:  # a named departure (sdcd.cycle)
-            terms["cycle"] = swap_cycle_term(self, e.detach())
+            terms["cycle"] = swap_cycle_term(self, e.detach(), e_aug)
             terms["loss"] = terms["loss"] + hp.cycle_weight * terms["cycle"]
         return terms
 
