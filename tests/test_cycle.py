@@ -6,7 +6,7 @@ import pytest
 import torch
 from einops import repeat
 
-from sdcd.cycle import swap_cycle_term
+from sdcd.cycle import AppearanceSubspace, swap_cycle_term
 from sdcd.model import SDCD
 from sdcd.static import product_of_gaussians
 
@@ -75,3 +75,60 @@ def test_the_pair_form_of_one_sequence_charges_the_sum_of_its_two_readings(tiny_
     one = swap_cycle_term(each, e)
     torch.manual_seed(1)
     torch.testing.assert_close(swap_cycle_term(pair, e), 2 * one, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("mass, kept", [(0.5, 1), (0.8, 2), (1.0, 3)])
+def test_the_appearance_subspace_keeps_the_fewest_leading_directions_holding_its_mass(mass, kept):
+    """Moves with covariance Q·diag(4, 2, 1, 0)·Qᵀ: the directions before the k-th hold 0, 4/7, 6/7 of
+    the trace; the projector is on the first `kept` columns of Q. One update is the batch's own
+    covariance (the running average is bias-corrected)."""
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4, 4))
+    delta = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.0]).mul(4).sqrt()) @ q.T  # rows: 4 moves, Δᵀ Δ / 4 = Q diag Qᵀ
+    sub = AppearanceSubspace(4, mass=mass, momentum=0.9)
+    sub.update(delta)
+    torch.testing.assert_close(sub.cov / sub.weight, q @ torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.0])) @ q.T,
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sub.projector(), q[:, :kept] @ q[:, :kept].T, rtol=1e-4, atol=1e-4)
+    assert sub.dims() == kept
+
+
+def _appearance_model(tiny_model_kwargs, axes):
+    """A model with the "appearance" reader whose subspace is (almost exactly) the coordinate axes `axes`:
+    its running covariance is set to their indicator with a momentum so close to 1 that the term's own
+    update cannot move it."""
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_reader="appearance", augmentation_weight=1.0,
+                 cycle_subspace_momentum=1 - 1e-9).train()
+    mask = torch.zeros(16)
+    mask[axes] = 1.0
+    model.appearance_subspace.cov.copy_(torch.diag(mask))
+    model.appearance_subspace.weight.fill_(1.0)
+    return model
+
+
+def test_the_appearance_reader_charges_only_the_residual_in_its_subspace(tiny_model_kwargs):
+    """½‖r‖² = ½‖P r‖² + ½‖(I − P) r‖²: the term read in a subspace and in its complement adds up to the
+    fixed reader's term, for the same batch and samples."""
+    e, e_aug = 3 * torch.randn(6, 4, 16), 3 * torch.randn(6, 4, 16)
+    first, rest = _appearance_model(tiny_model_kwargs, list(range(5))), _appearance_model(tiny_model_kwargs, list(range(5, 16)))
+    torch.manual_seed(0)
+    fixed = SDCD(**tiny_model_kwargs, cycle_reader="fixed").train()
+    values = []
+    for model in (first, rest, fixed):
+        torch.manual_seed(3)
+        values.append(swap_cycle_term(model, e, e_aug))
+    assert 0 < values[0] < values[2] and 0 < values[1] < values[2]
+    torch.testing.assert_close(values[0] + values[1], values[2], rtol=1e-4, atol=1e-3)
+
+
+def test_the_appearance_reader_needs_the_colour_augmentation(tiny_model_kwargs):
+    with pytest.raises(ValueError, match="needs model.augmentation_weight > 0"):
+        SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_reader="appearance")
+    with pytest.raises(ValueError, match="cycle_subspace_mass must be in"):
+        SDCD(**tiny_model_kwargs, cycle_subspace_mass=0.0)
+    with pytest.raises(ValueError, match="cycle_subspace_momentum must be in"):
+        SDCD(**tiny_model_kwargs, cycle_subspace_momentum=1.0)
+    model = SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_reader="appearance", augmentation_weight=1.0)
+    with pytest.raises(ValueError, match="needs the colour-changed copy"):
+        swap_cycle_term(model, torch.randn(2, 4, 16))

@@ -44,7 +44,8 @@ def test_two_stage_recipe_through_the_cli(in_tmp):
     (ae_ckpt,) = Path(in_tmp).glob("runs/tiny/*/checkpoints/last.ckpt")
     ae = torch.load(ae_ckpt, weights_only=False)["state_dict"]
     cli = main(["fit", *TINY, "--model.stage=disentangle", f"--model.autoencoder_checkpoint={ae_ckpt}",
-                "--trainer.max_steps=3", "--model.augmentation_weight=1.0", "--model.cycle_weight=1.0"])
+                "--trainer.max_steps=3", "--model.augmentation_weight=1.0", "--model.cycle_weight=1.0",
+                "--model.cycle_reader=appearance"])
     model, dm = cli.model, cli.datamodule
     assert {"train/augmentation", "train/cycle"} <= set(cli.trainer.callback_metrics)
     cached, cached_aug = model.cached_features("train", torch.tensor([0, 5]))  # built at the first step
@@ -58,6 +59,7 @@ def test_two_stage_recipe_through_the_cli(in_tmp):
             torch.testing.assert_close(state[k], ae[k])  # frozen: exactly the stage-1 weights
     flow_changed = [not torch.equal(state[k], ae[k]) for k in ae if k.startswith("flow.")]
     assert any(flow_changed)  # while the flow trained
+    assert state["appearance_subspace.cov"].abs().sum() > 0  # the cycle reader's subspace, saved for a resume
 
 
 def test_disentangle_stage_needs_an_autoencoder_checkpoint(tiny_model_kwargs, tmp_path):

@@ -92,7 +92,7 @@ class AppearanceSubspace(nn.Module):
         ev, u = torch.linalg.eigh(self.cov / self.weight.clamp_min(1e-12))  # ascending
         ev, u = ev.flip(0).clamp_min(0), u.flip(1)
         before = (ev.cumsum(0) - ev) / ev.sum().clamp_min(1e-12)  # trace share of the directions before
-        keep = (before < self.mass).to(u.dtype)
+        keep = (before < self.mass - 1e-6).to(u.dtype)  # (the tolerance: rounding of the cumsum)
         return (u * keep) @ u.T
 
     @torch.no_grad()
