@@ -111,7 +111,8 @@ def test_the_appearance_reader_charges_only_the_residual_in_its_subspace(tiny_mo
     """½‖r‖² = ½‖P r‖² + ½‖(I − P) r‖²: the term read in a subspace and in its complement adds up to the
     fixed reader's term, for the same batch and samples."""
     e, e_aug = 3 * torch.randn(6, 4, 16), 3 * torch.randn(6, 4, 16)
-    first, rest = _appearance_model(tiny_model_kwargs, list(range(5))), _appearance_model(tiny_model_kwargs, list(range(5, 16)))
+    first = _appearance_model(tiny_model_kwargs, list(range(5)))
+    rest = _appearance_model(tiny_model_kwargs, list(range(5, 16)))
     torch.manual_seed(0)
     fixed = SDCD(**tiny_model_kwargs, cycle_reader="fixed").train()
     values = []
