@@ -133,3 +133,15 @@ def test_the_appearance_reader_needs_the_colour_augmentation(tiny_model_kwargs):
     model = SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_reader="appearance", augmentation_weight=1.0)
     with pytest.raises(ValueError, match="needs the colour-changed copy"):
         swap_cycle_term(model, torch.randn(2, 4, 16))
+
+
+def test_a_resumed_run_can_switch_the_appearance_reader_on_or_off(tiny_model_kwargs):
+    plain = SDCD(**tiny_model_kwargs)
+    reader = SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_reader="appearance", augmentation_weight=1.0)
+    checkpoint = {"state_dict": dict(plain.state_dict())}
+    reader.on_load_checkpoint(checkpoint)  # what Lightning calls before loading the state on resume
+    reader.load_state_dict(checkpoint["state_dict"])  # strict
+    assert reader.appearance_subspace.weight == 0  # starts empty
+    checkpoint = {"state_dict": dict(reader.state_dict())}
+    plain.on_load_checkpoint(checkpoint)
+    plain.load_state_dict(checkpoint["state_dict"])

@@ -241,6 +241,17 @@ class SDCD(SequentialModule):
         if self.hparams.compile and self._compiled_loss_terms is None:
             self._compiled_loss_terms = torch.compile(self.loss_terms)  # compiles on the first step
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A run resumed with the "appearance" cycle reader switched on (or off) since the checkpoint:
+        its running subspace starts empty (or is dropped), so `--ckpt_path` still loads."""
+        state = checkpoint["state_dict"]
+        if self.appearance_subspace is None:
+            for key in [k for k in state if k.startswith("appearance_subspace.")]:
+                del state[key]
+        else:
+            for name, buf in self.appearance_subspace.named_buffers():
+                state.setdefault(f"appearance_subspace.{name}", torch.zeros_like(buf))
+
     def load_autoencoder(self, path: str | os.PathLike) -> None:
         """Copy the frame encoder, mean net and decoder weights from an SDCD checkpoint file."""
         load_autoencoder(self, path)
