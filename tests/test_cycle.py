@@ -6,6 +6,7 @@ import pytest
 import torch
 from einops import repeat
 
+from sdcd.checkpointing import check_checkpoint
 from sdcd.cycle import AppearanceSubspace, swap_cycle_term
 from sdcd.model import SDCD
 from sdcd.static import product_of_gaussians
@@ -136,9 +137,16 @@ def test_the_appearance_reader_needs_the_colour_augmentation(tiny_model_kwargs):
 
 
 def test_a_resumed_run_can_switch_the_appearance_reader_on_or_off(tiny_model_kwargs):
+    """The resume check (sdcd.checkpointing) accepts it — the other settings are only warned about — and
+    the subspace starts empty."""
     plain = SDCD(**tiny_model_kwargs)
     reader = SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_reader="appearance", augmentation_weight=1.0)
-    checkpoint = {"state_dict": dict(plain.state_dict())}
+    checkpoint = {"state_dict": dict(plain.state_dict()), "hyper_parameters": dict(plain.hparams)}
+    with pytest.warns(UserWarning, match="cycle_reader"):
+        check_checkpoint(checkpoint, reader)
+    with pytest.raises(ValueError, match="static_encoder"):  # other missing weights are still refused
+        check_checkpoint({"state_dict": {k: v for k, v in plain.state_dict().items() if "static_encoder" not in k}},
+                         reader)
     reader.on_load_checkpoint(checkpoint)  # what Lightning calls before loading the state on resume
     reader.load_state_dict(checkpoint["state_dict"])  # strict
     assert reader.appearance_subspace.weight == 0  # starts empty

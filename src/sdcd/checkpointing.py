@@ -77,7 +77,11 @@ def describe_run(module: LightningModule, datamodule: Any | None, experiment: st
     }
 
 
-def _shape_differences(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> list[str]:
+def _shape_differences(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor],
+                       optional: tuple[str, ...] = ()) -> list[str]:
+    """`optional`: prefixes of state the module adds or drops itself when loading (its on_load_checkpoint)."""
+    saved = {k: v for k, v in saved.items() if not k.startswith(optional) or k in current}
+    current = {k: v for k, v in current.items() if not k.startswith(optional) or k in saved}
     out = [
         f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
         for k, v in current.items()
@@ -142,7 +146,8 @@ def check_checkpoint(
     if is_sdcd(class_path(module)):  # an older SDCD's evaluation arguments are not model settings
         saved = {k: v for k, v in saved.items() if k not in LEGACY_EVAL_ARGS}
     hparams = _differing(saved, dict(getattr(module, "hparams", {})))
-    shapes = _shape_differences(checkpoint.get("state_dict") or {}, module.state_dict())
+    shapes = _shape_differences(checkpoint.get("state_dict") or {}, module.state_dict(),
+                                tuple(getattr(module, "optional_state", ())))
     if shapes:
         shown = "; ".join(shapes[:SHAPE_DIFFS_SHOWN])
         if len(shapes) > SHAPE_DIFFS_SHOWN:

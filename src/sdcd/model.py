@@ -241,6 +241,8 @@ class SDCD(SequentialModule):
         if self.hparams.compile and self._compiled_loss_terms is None:
             self._compiled_loss_terms = torch.compile(self.loss_terms)  # compiles on the first step
 
+    optional_state = ("appearance_subspace.",)  # checkpoints may lack it or have it (on_load_checkpoint)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A run resumed with the "appearance" cycle reader switched on (or off) since the checkpoint:
         its running subspace starts empty (or is dropped), so `--ckpt_path` still loads."""
