@@ -19,7 +19,8 @@ epoch = importlib.import_module("epoch")
 time_to_accuracy = importlib.import_module("time_to_accuracy")
 
 
-@pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py", "swap_errors.py"])
+@pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py", "swap_errors.py",
+                                    "appearance_subspace.py"])
 def test_help(script):
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
@@ -210,3 +211,29 @@ def test_swap_errors_tell_a_leak_through_the_dynamics_from_a_perfect_swap():
     assert colour["read_as_partner"] == 1.0 and colour["acc_same_class"] == 1.0 and colour["acc_other_class"] == 0.0
     assert 0 < colour["acc"] < 1 and sum(map(sum, colour["confusion"])) == 37
     assert leaky["shape"]["acc"] == 1.0
+
+
+def test_the_appearance_subspace_holds_what_a_recolouring_moves_and_nothing_else():
+    """Codes with a colour in dims 0–1 (moved by the recolouring) and an action in dim 2 (not moved), in a
+    rotated basis: the subspace is 2-d, the colour is read from it and the action only from the rest."""
+    split_probes = importlib.import_module("appearance_subspace").split_probes
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen))
+
+    def codes(n):
+        colour, action = torch.randint(0, 4, (n,), generator=gen), torch.randint(0, 3, (n,), generator=gen)
+        means = torch.tensor([[0.0, 0.0], [0.0, 3.0], [3.0, 0.0], [3.0, 3.0]])
+        z = torch.zeros(n, 5)
+        z[:, :2] = means[colour] + 0.1 * torch.randn(n, 2, generator=gen)
+        z[:, 2] = 3.0 * action + 0.1 * torch.randn(n, generator=gen)
+        z[:, 3:] = 0.1 * torch.randn(n, 2, generator=gen)
+        moved = z.clone()
+        moved[:, :2] = means[torch.randint(0, 4, (n,), generator=gen)]  # another colour, same action
+        return z @ q.T, (moved - z) @ q.T, torch.stack([colour, action], 1)
+
+    f_tr, d_tr, y_tr = codes(400)
+    f_te, _, y_te = codes(200)
+    result = split_probes(f_tr, d_tr, y_tr, f_te, y_te, [4, 3], masses=(0.99,))[0.99]
+    assert result["dims"] == 2
+    assert result["in"][0] > 0.95 and result["in"][1] < 0.5  # colour in, action (chance 1/3) not
+    assert result["out"][1] > 0.95 and result["out"][0] < 0.5  # the rest: the action, not the colour (chance 1/4)

@@ -31,9 +31,10 @@ the static code f_A learn from it. `cycle_reader` says whether the static encode
   step, `cycle_subspace_momentum`) gives the subspace: its leading eigenvectors up to a fraction
   `cycle_subspace_mass` of its trace. The residual is projected onto it before it is charged, so what f
   holds about the action (in directions a recolouring does not move) is not asked back from e_AB.
-  Measured before we built it, on a model trained with the fixed reader (action in f): 8 directions hold
-  99% of the moves; a linear probe reads skin / pants / top / hair at 99.5 / 96.6 / 100 / 100% from
-  them and the action at 34.8% (chance 11.1%), while the rest of f reads the action at 100%.
+  Measured with bench/appearance_subspace.py on a model trained with the fixed reader (action in f): 8
+  directions hold 99% of the moves; linear probes read skin / pants / top / hair at 98.9 / 96.4 / 100 /
+  100% from them and the action at 34.0% (chance 11.1%), while the rest of f reads the action at 100%;
+  on the 4,500-step run without the term, 100 / 97.9 / 100 / 100% and the action at 12.4%.
 
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
