@@ -19,15 +19,15 @@ import sys
 import torch
 
 from sdcd.augmentation import permute_colours
+from sdcd.cycle import leading_directions
 from sdcd.probes import fit_linear_probe
 
 
 def colour_subspace(delta: torch.Tensor, mass: float) -> torch.Tensor:
-    """delta: (N, D) moves of f → (D, k) orthonormal leading directions holding `mass` of their trace."""
-    ev, u = torch.linalg.eigh(delta.T @ delta / len(delta))
-    ev, u = ev.flip(0).clamp_min(0), u.flip(1)
-    before = (ev.cumsum(0) - ev) / ev.sum().clamp_min(1e-12)
-    return u[:, before < mass - 1e-6]
+    """delta: (N, D) moves of f → (D, k) orthonormal leading directions holding `mass` of their trace
+    (the subspace the "appearance" cycle reader compares, sdcd.cycle)."""
+    u, keep = leading_directions(delta.T @ delta / len(delta), mass)
+    return u[:, keep.bool()]
 
 
 def split_probes(f_tr, delta_tr, y_tr, f_te, y_te, n_classes, masses=(0.9, 0.99, 0.999)) -> dict:

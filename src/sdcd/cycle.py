@@ -71,6 +71,15 @@ def check_cycle_args(weight: float, reader: str, augmentation_weight: float, mas
         raise ValueError(f"model.cycle_subspace_momentum must be in [0, 1), got {momentum}")
 
 
+def leading_directions(cov: torch.Tensor, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cov: (D, D) → (its eigenvectors as columns by decreasing eigenvalue, (D, D); a 0/1 mask (D,) of the
+    fewest leading ones that hold `mass` of the trace)."""
+    ev, u = torch.linalg.eigh(cov)  # ascending
+    ev, u = ev.flip(0).clamp_min(0), u.flip(1)
+    before = (ev.cumsum(0) - ev) / ev.sum().clamp_min(1e-12)  # trace share of the directions before
+    return u, (before < mass - 1e-6).to(u.dtype)  # (the tolerance: rounding of the cumsum)
+
+
 class AppearanceSubspace(nn.Module):
     """A running covariance (D, D) of how f moves under the colour augmentation, and the projector on
     its leading directions. Buffers, so a resumed run continues it and DDP ranks share rank 0's."""
@@ -92,10 +101,7 @@ class AppearanceSubspace(nn.Module):
     def projector(self) -> torch.Tensor:
         """(D, D): the orthogonal projector on the fewest leading eigenvectors holding `mass` of the
         trace (computed with tensor ops only, so the step never waits for the host)."""
-        ev, u = torch.linalg.eigh(self.cov / self.weight.clamp_min(1e-12))  # ascending
-        ev, u = ev.flip(0).clamp_min(0), u.flip(1)
-        before = (ev.cumsum(0) - ev) / ev.sum().clamp_min(1e-12)  # trace share of the directions before
-        keep = (before < self.mass - 1e-6).to(u.dtype)  # (the tolerance: rounding of the cumsum)
+        u, keep = leading_directions(self.cov / self.weight.clamp_min(1e-12), self.mass)
         return (u * keep) @ u.T
 
     @torch.no_grad()
