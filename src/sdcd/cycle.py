@@ -35,8 +35,8 @@ the static code f_A learn from it. `cycle_reader` says whether the static encode
   directions hold 99% of the moves; linear probes read skin / pants / top / hair at 98.9 / 96.4 / 100 /
   100% from them and the action at 34.0% (chance 11.1%), while the rest of f reads the action at 100%;
   on the 4,500-step run without the term, 100 / 97.9 / 100 / 100% and the action at 12.4%.
-  Trained with it, though, the split gets worse, not better (README): the flow and the static code meet
-  the term by other means than drawing A's shades, and the action goes to f's other directions.
+  Trained with it, though, the split gets worse, not better (README): the action goes to f's other
+  directions and, added late, the appearance degrades; why, we have not found out.
 
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
