@@ -246,13 +246,13 @@ class SDCD(SequentialModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A run resumed with the "appearance" cycle reader switched on (or off) since the checkpoint:
         its running subspace starts empty (or is dropped), so `--ckpt_path` still loads."""
-        state = checkpoint["state_dict"]
+        state, (prefix,) = checkpoint["state_dict"], self.optional_state
         if self.appearance_subspace is None:
-            for key in [k for k in state if k.startswith("appearance_subspace.")]:
+            for key in [k for k in state if k.startswith(prefix)]:
                 del state[key]
         else:
             for name, buf in self.appearance_subspace.named_buffers():
-                state.setdefault(f"appearance_subspace.{name}", torch.zeros_like(buf))
+                state.setdefault(prefix + name, torch.zeros_like(buf))
 
     def load_autoencoder(self, path: str | os.PathLike) -> None:
         """Copy the frame encoder, mean net and decoder weights from an SDCD checkpoint file."""
