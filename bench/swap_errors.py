@@ -13,7 +13,7 @@ swap should read as B's):
   rate when errors depend on the partner only; near 1 when they are a property of A);
 * confusion: rows = A's class, columns = the class read (first partner).
 
-    python bench/swap_errors.py --checkpoint RUN/checkpoints/last.ckpt --judge judges/sprites_cpu.pt [--n 1024]
+    python bench/swap_errors.py --checkpoint RUN/checkpoints/last.ckpt --judge judges/sprites_cpu.pt [--n 1024] [--mean]
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ from sdcd.judge import judge_targets
 
 
 @torch.no_grad()
-def swap_errors(model, judge, batches) -> dict[str, dict]:
-    """`batches`: an iterable of {"x": (B, T, C, H, W), "labels": (B, T, F)}; B ≥ 3 for two partners."""
+def swap_errors(model, judge, batches, mean: bool = False) -> dict[str, dict]:
+    """`batches`: an iterable of {"x": (B, T, C, H, W), "labels": (B, T, F)}; B ≥ 3 for two partners.
+    `mean`: posterior means and noise-free features (the protocol's swap_mean) instead of samples."""
     seq_level = [i for i, s in enumerate(judge.sequence_level) if s]
     names = [judge.factors[i].name for i in seq_level]
     stats = {n: {"n": 0, "ok": 0, "same_n": 0, "same_ok": 0, "diff_n": 0, "as_partner": 0, "err": 0,
                  "err_recur": 0, "confusion": torch.zeros(judge.factors[i].n_classes, judge.factors[i].n_classes,
                                                          dtype=torch.long)} for n, i in zip(names, seq_level)}
     for batch in batches:
-        codes = model.encode(batch["x"])
+        codes = model.encode(batch["x"], mean=mean)
         targets = judge_targets(judge, batch["labels"])
         read = []
         for shift in (1, 2):  # two partners per sequence
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--judge", required=True, help="a Sprites judge file (make judge DATA=sprites_cpu)")
     ap.add_argument("--n", type=int, default=0, help="test sequences (a random subset; 0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mean", action="store_true", help="posterior-mean codes (the protocol's swap_mean)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
 
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     order = torch.randperm(dm.split_size("test"))
     order = order[: args.n] if args.n else order
-    result = swap_errors(model, judge, (dm.batch("test", idx) for idx in order.split(128)))
+    result = swap_errors(model, judge, (dm.batch("test", idx) for idx in order.split(128)), mean=args.mean)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -212,6 +212,16 @@ def test_swap_errors_tell_a_leak_through_the_dynamics_from_a_perfect_swap():
     assert 0 < colour["acc"] < 1 and sum(map(sum, colour["confusion"])) == 37
     assert leaky["shape"]["acc"] == 1.0
 
+    class NoisySample(OracleModel):
+        """The sampled static code is another sequence's; its mean is exact."""
+
+        def encode(self, x, mean=False):
+            c = super().encode(x)
+            return c if mean else c._replace(f=c.f.roll(1, 0))
+
+    assert swap_errors(NoisySample(), OracleJudge(), batches)["colour"]["acc"] < 1.0
+    assert swap_errors(NoisySample(), OracleJudge(), batches, mean=True)["colour"]["acc"] == 1.0
+
 
 def test_the_appearance_subspace_holds_what_a_recolouring_moves_and_nothing_else():
     """Codes with a colour in dims 0–1 (moved by the recolouring) and an action in dim 2 (not moved), in a

@@ -5,10 +5,15 @@ Tests (each over a whole split, repeated R times with fresh random draws; mean Â
     reconstruction   A's own static code and dynamics, decoded: every factor judged against A. The
                      ceiling of the swap test for this model (the same codes, the same sampling noise).
     swap             static code of sequence A, dynamics of a random partner B â‰  A. Static factors are
-                     judged against A, dynamic factors against B.
+                     judged against A, dynamic factors against B. As in the official code, f is a
+                     sample of q(f | x) and the features carry their unit noise.
+    swap_mean        the same with posterior means: A's mean static code, B's dynamics from its
+                     noise-free features and mean static code (the peers' convention). Against swap, it
+                     tells how much of the swap error is the sampling noise of f.
     sample_dynamics  A's static code, dynamics drawn from the LSTM prior. Static factors judged against
                      A; IS / H on the dynamic heads measure the diversity of the sampled dynamics.
-    sample_dynamics_mean  the same with the prior's per-step *means* (the peers' static test).
+    sample_dynamics_mean  A's posterior-mean static code, the prior's per-step *means* as dynamics (the
+                     peers' static test).
     sample_static    A's posterior-mean dynamics (no feature noise, mean static code), static code drawn
                      from the RealNVP prior (the peers' main "action" test). Dynamic factors judged
                      against A; IS / H on the static heads.
@@ -32,6 +37,8 @@ from torch import Tensor
 
 from sdcd.metrics import JudgeMetrics
 from sdcd.results import TESTS
+
+SWAP_TESTS = {"swap", "swap_mean"}  # tests that decode A's static code with a partner's dynamics
 
 
 def derangement(n: int, device, generator: torch.Generator | None = None) -> Tensor:
@@ -58,13 +65,15 @@ def generate(model, test: str, batch: dict, partner: dict | None = None) -> tupl
     if test == "reconstruction":
         codes = model.encode(x)
         return model.decode(codes.f, codes.lam), labels
-    if test == "swap":
-        return model.decode(model.encode(x).f, model.encode(partner["x"]).lam), partner["labels"]
+    if test in SWAP_TESTS:
+        mean = test == "swap_mean"
+        f = model.encode(x, mean=mean).f
+        return model.decode(f, model.encode(partner["x"], mean=mean).lam), partner["labels"]
     if test == "sample_dynamics":
         f = model.encode(x).f
         return model.decode(f, model.sample_dynamics(x.shape[0], x.shape[1]).to(f.dtype)), labels
     if test == "sample_dynamics_mean":
-        f = model.encode(x).f
+        f = model.encode(x, mean=True).f
         return model.decode(f, model.sample_dynamics(x.shape[0], x.shape[1], mean=True).to(f.dtype)), labels
     if test == "sample_static":
         lam = model.encode(x, mean=True).lam
@@ -145,13 +154,13 @@ def evaluate(
                 torch.manual_seed(seed * 1000 + r * 97 + rank * 7919)
                 for index in shards:
                     batch = datamodule.batch(split, index, device=device)
-                    partner = datamodule.batch(split, partners[index], device=device) if "swap" in tests else None
+                    partner = datamodule.batch(split, partners[index], device=device) if SWAP_TESTS & set(tests) else None
                     for t in tests:
                         out = generate(model, t, batch, partner)
                         if out is None:
                             continue
                         x_gen, target = out
-                        if t == "swap":  # static factors against A, dynamic ones against the partner B
+                        if t in SWAP_TESTS:  # static factors against A, dynamic ones against the partner B
                             target = _mix_labels(batch["labels"], target, static_mask)
                         metrics[t, r].update(x_gen.float().clamp(0, 1), target)
                     bar.advance()

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from sdcd.io import atomic_write_text
 
-TESTS = ("reconstruction", "swap", "sample_dynamics", "sample_dynamics_mean", "sample_static", "paired")
+TESTS = ("reconstruction", "swap", "swap_mean", "sample_dynamics", "sample_dynamics_mean", "sample_static", "paired")
 
 # What each test is about: the keys shown in tables (all keys are logged and written to metrics.json).
 HEADLINE = {
     "reconstruction": ["acc/static", "acc/dynamic"],
     "swap": ["acc/static", "acc/dynamic", "intervention"],
+    "swap_mean": ["acc/static", "acc/dynamic"],
     "sample_dynamics": ["acc/static", "intervention"],
     "sample_dynamics_mean": ["acc/static", "intervention"],
     "sample_static": ["acc/dynamic", "intervention"],
