@@ -21,6 +21,7 @@ def test_perfect_model_scores_100_on_swap_and_paired():
     dm = Coded(batch_size=8)
     res = evaluate(OracleModel(), dm, OracleJudge(), split="test", repeats=3)
     for k in ["reconstruction/acc/static", "reconstruction/acc/dynamic", "reconstruction/intervention",
+              "reconstruction_mean/acc/static", "reconstruction_mean/acc/dynamic",
               "swap/acc/static", "swap/acc/dynamic", "swap_mean/acc/static", "swap_mean/acc/dynamic",
               "paired/acc/static", "paired/acc/dynamic", "sample_dynamics_mean/acc/static",
               "sample_dynamics/acc/static", "sample_static/acc/dynamic"]:
@@ -52,9 +53,10 @@ def test_swap_targets_come_from_the_right_source():
     assert res["swap/acc/static"]["mean"] < 0.6  # judged against A, but the statics came from B
 
 
-def test_swap_mean_and_prior_mean_tests_use_the_posterior_means():
+def test_mean_tests_use_the_posterior_means():
     """A model whose sampled static code is useless (another sequence's) and whose mean is exact: the
-    sampled swap fails, swap_mean and the peers' static test (sample_dynamics_mean) do not."""
+    sampled reconstruction and swap fail, their mean twins and the peers' static test
+    (sample_dynamics_mean) do not."""
     dm = Coded(batch_size=8)
 
     class NoisyPosterior(OracleModel):
@@ -65,8 +67,10 @@ def test_swap_mean_and_prior_mean_tests_use_the_posterior_means():
             return c._replace(f=c.f.roll(1, 0))
 
     res = evaluate(NoisyPosterior(), dm, OracleJudge(), split="test", repeats=2,
-                   tests=("swap", "swap_mean", "sample_dynamics_mean"))
+                   tests=("reconstruction", "reconstruction_mean", "swap", "swap_mean", "sample_dynamics_mean"))
     assert res["swap/acc/static"]["mean"] < 0.7
+    assert res["reconstruction/acc/static"]["mean"] < 0.7
+    assert res["reconstruction_mean/acc/static"]["mean"] == pytest.approx(1.0)
     assert res["swap_mean/acc/static"]["mean"] == pytest.approx(1.0)
     assert res["swap_mean/acc/dynamic"]["mean"] == pytest.approx(1.0)
     assert res["sample_dynamics_mean/acc/static"]["mean"] == pytest.approx(1.0)

@@ -4,6 +4,8 @@ Tests (each over a whole split, repeated R times with fresh random draws; mean Â
 
     reconstruction   A's own static code and dynamics, decoded: every factor judged against A. The
                      ceiling of the swap test for this model (the same codes, the same sampling noise).
+    reconstruction_mean  the same from A's noise-free features and mean static code: the ceiling of
+                     swap_mean.
     swap             static code of sequence A, dynamics of a random partner B â‰  A. Static factors are
                      judged against A, dynamic factors against B. As in the official code, f is a
                      sample of q(f | x) and the features carry their unit noise.
@@ -62,8 +64,8 @@ def generate(model, test: str, batch: dict, partner: dict | None = None) -> tupl
     """(generated frames (B, T, C, H, W), target labels (B, T, F)) for one test, or None if the batch
     lacks what the test needs (e.g. no paired twins). `partner`: the swap partners' batch."""
     x, labels = batch["x"], batch["labels"]
-    if test == "reconstruction":
-        codes = model.encode(x)
+    if test in ("reconstruction", "reconstruction_mean"):
+        codes = model.encode(x, mean=test == "reconstruction_mean")
         return model.decode(codes.f, codes.lam), labels
     if test in SWAP_TESTS:
         mean = test == "swap_mean"
