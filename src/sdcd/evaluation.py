@@ -147,6 +147,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     bar = _progress(progress, len(shards) * repeats, f"evaluating {split}")
+    needs_partner = bool(SWAP_TESTS & set(tests))
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for r in range(repeats):
@@ -156,7 +157,7 @@ def evaluate(
                 torch.manual_seed(seed * 1000 + r * 97 + rank * 7919)
                 for index in shards:
                     batch = datamodule.batch(split, index, device=device)
-                    partner = datamodule.batch(split, partners[index], device=device) if SWAP_TESTS & set(tests) else None
+                    partner = datamodule.batch(split, partners[index], device=device) if needs_partner else None
                     for t in tests:
                         out = generate(model, t, batch, partner)
                         if out is None:

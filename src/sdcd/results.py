@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sdcd.io import atomic_write_text
 
-TESTS = ("reconstruction", "reconstruction_mean", "swap", "swap_mean", "sample_dynamics", "sample_dynamics_mean", "sample_static", "paired")
+TESTS = ("reconstruction", "reconstruction_mean", "swap", "swap_mean", "sample_dynamics", "sample_dynamics_mean",
+         "sample_static", "paired")
 
 # What each test is about: the keys shown in tables (all keys are logged and written to metrics.json).
 HEADLINE = {
