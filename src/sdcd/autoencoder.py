@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -58,3 +59,18 @@ class FrameDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z[:, :, None, None])
+
+
+def lowpass_sse(recon: torch.Tensor, x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The low-frequency part of the reconstruction error, per sequence, batch-averaged.
+
+    recon, x: (B, T, C, H, W). The error is averaged over kernel × kernel blocks and each block counts
+    kernel² times: an error that is the same over a block (a region drawn in a wrong shade) counts as
+    much as in the pixel SSE, one that changes sign from pixel to pixel (an edge one pixel off) about
+    kernel² times less. Added to the SSE with a weight, it raises the price of a wrong shade relative to
+    a wrong detail. H and W must be multiples of kernel."""
+    if x.shape[-1] % kernel or x.shape[-2] % kernel:
+        raise ValueError(f"lowpass_kernel={kernel} must divide the frame size {tuple(x.shape[-2:])}")
+    err = (recon.float() - x.float()).flatten(0, 1)  # (B·T, C, H, W)
+    blocks = F.avg_pool2d(err, kernel) * kernel  # (B·T, C, H/k, W/k); squared, each block counts k² times
+    return (blocks**2).reshape(x.shape[0], -1).sum(1).mean()

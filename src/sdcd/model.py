@@ -17,7 +17,7 @@ import torch
 from einops import rearrange, repeat
 
 from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, augmented_features, colour_augmentation
-from sdcd.autoencoder import FrameDecoder, FrameEncoder
+from sdcd.autoencoder import FrameDecoder, FrameEncoder, lowpass_sse
 from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, AppearanceSubspace, check_cycle_args, swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
@@ -61,6 +61,11 @@ class SDCD(SequentialModule):
         lr_decay_steps: Its length in steps; 0 (the paper) keeps the rate constant. Keyed on the step
             alone (sdcd.interface.scheduled_lr), so it also applies to a run resumed with --ckpt_path.
         lr_final: The rate at the end of the decay, as a fraction of lr (0.05).
+        lowpass_weight: Weight of a low-frequency reconstruction term added to the SSE, a named departure
+            for the autoencoder (sdcd.autoencoder.lowpass_sse; 0 = off, the paper): the error averaged
+            over lowpass_kernel² blocks, so that a region drawn in a wrong shade costs (1 + weight) times
+            its SSE. The logged "sse" stays the plain SSE.
+        lowpass_kernel: Block size of that term, a divisor of frame_size (4).
         grad_clip_norm: Gradient-norm clipping, always on (0.5); 0 disables it.
         compile: torch.compile the training objective (`loss_terms`) when fit starts; eval stays eager.
         channels_last: Keep the conv weights, hence the conv activations, in channels_last memory format.
@@ -107,6 +112,7 @@ class SDCD(SequentialModule):
         # optimisation and speed
         lr: float = 1e-3, grad_clip_norm: float = 0.5, compile: bool = False, channels_last: bool = False,
         nonfinite_patience: int = 10, lr_decay_start: int = 0, lr_decay_steps: int = 0, lr_final: float = 0.05,
+        lowpass_weight: float = 0.0, lowpass_kernel: int = 4,
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", cycle_weight: float = 0.0,
@@ -118,11 +124,13 @@ class SDCD(SequentialModule):
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
                                "cycle_reader": CYCLE_READERS, "cycle_form": CYCLE_FORMS,
                                "stage": STAGES}, at_least_two=("n_frames",),
-                      positive=("latent_dim", "lr", "augmentation_temperature"),
+                      positive=("latent_dim", "lr", "augmentation_temperature", "lowpass_kernel"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
                                     "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
-                                    "lr_decay_steps", "lr_final"), **locals())
+                                    "lr_decay_steps", "lr_final", "lowpass_weight"), **locals())
         check_stage_args(stage, autoencoder_checkpoint)
+        if lowpass_weight > 0 and frame_size % lowpass_kernel:
+            raise ValueError(f"model.lowpass_kernel={lowpass_kernel} must divide model.frame_size={frame_size}")
         check_cycle_args(cycle_weight, cycle_reader, augmentation_weight, cycle_subspace_mass, cycle_subspace_momentum)
         self.save_hyperparameters()
         d = latent_dim
@@ -182,12 +190,15 @@ class SDCD(SequentialModule):
         else:
             recon = self.decode_features(e)
             sse = ((recon.float() - x.float()) ** 2).flatten(1).sum(1).mean()
+        recon_loss = sse
+        if hp.lowpass_weight > 0 and not (frozen and self.training):  # a named departure (lowpass_sse)
+            recon_loss = sse + hp.lowpass_weight * lowpass_sse(recon, x, hp.lowpass_kernel)
         if hp.stage == "autoencoder":
             zero = torch.zeros_like(sse)
-            return {"loss": sse, "sse": sse, "kl": zero, "nll_flow": zero, "nll_prior": zero}
+            return {"loss": recon_loss, "sse": sse, "kl": zero, "nll_flow": zero, "nll_prior": zero}
 
         terms = self.disentanglement_terms(e.detach(), shuffle)  # its gradients never reach the autoencoder
-        terms["loss"] = sse + terms["loss"]
+        terms["loss"] = recon_loss + terms["loss"]
         terms["sse"] = sse
         e_aug = None
         if hp.augmentation_weight > 0 and self.training:  # a named departure (sdcd.augmentation)
