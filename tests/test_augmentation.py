@@ -10,6 +10,7 @@ from sdcd.augmentation import (
     random_gains,
     remap_palette,
     swap_term,
+    time_order,
 )
 from sdcd.model import SDCD
 
@@ -79,6 +80,35 @@ def test_swap_term_is_small_for_identical_copies_large_for_strangers_and_trains_
     strangers.backward()
     assert all(p.grad is not None for p in model.static_encoder.parameters())
     assert any(p.grad is not None for p in model.flow.parameters())
+
+
+def test_time_order_reverses_or_rolls_each_row_and_never_keeps_the_order():
+    assert time_order(3, 5, "same", torch.device("cpu")) is None
+    assert (time_order(2, 4, "reverse", torch.device("cpu")) == torch.tensor([[3, 2, 1, 0]] * 2)).all()
+    torch.manual_seed(0)
+    rolled = time_order(256, 8, "roll", torch.device("cpu"))
+    shifts = (rolled[:, 0]).tolist()
+    assert set(shifts) == set(range(1, 8))  # every non-zero shift occurs, zero never
+    assert (rolled == (torch.arange(8)[None] + rolled[:, :1]) % 8).all()
+
+
+def test_a_re_ordered_copy_has_the_same_static_code_and_the_targets_follow_its_order(tiny_model_kwargs):
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, augmentation_weight=1.0, augmentation_loss="swap",
+                 augmentation_time="reverse").eval()
+    e, e_aug = 3 * torch.randn(4, 4, 16), 3 * torch.randn(4, 4, 16)
+    _, mu, var = model.static_posterior(e)
+    _, mu_r, var_r = model.static_posterior(e.flip(1))
+    torch.testing.assert_close((mu_r, var_r), (mu, var))  # why the copy needs no re-encoding
+    torch.manual_seed(1)
+    got = swap_term(model, e, e_aug)
+    torch.manual_seed(1)  # the same draws of f, in the same order
+    a, b = model.codes_of_features(e), model.codes_of_features(e_aug.flip(1))
+    err_b = (model.flow.generate(a.lam, b.f[:, None].expand(-1, 4, -1)) - e_aug) ** 2
+    err_a = (model.flow.generate(b.lam, a.f[:, None].expand(-1, 4, -1)) - e.flip(1)) ** 2
+    torch.testing.assert_close(got, 0.5 * (err_a.sum((1, 2)) + err_b.sum((1, 2))).mean())
+    with pytest.raises(ValueError, match="model.augmentation_time=roll re-orders the copy for the swap form only"):
+        SDCD(**tiny_model_kwargs, augmentation_weight=1.0, augmentation_loss="mse", augmentation_time="roll")
 
 
 def test_the_swap_config_is_the_cpu_recipe_plus_the_departure_only():

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdcd.autoencoder import lowpass_sse
 from sdcd.cli import main
 from sdcd.model import SDCD
 
@@ -123,3 +124,27 @@ def test_parameter_count_and_loss_on_a_fixed_batch_are_pinned(name):
     terms = model.loss_terms(torch.rand(2, t, 3, 64, 64), shuffle=True)
     for key, value in expected.items():
         assert terms[key].item() == pytest.approx(value, rel=1e-5), key
+
+
+def test_lowpass_sse_counts_a_wrong_shade_as_the_sse_and_pixel_noise_not_at_all():
+    x = torch.rand(2, 3, 3, 8, 8)
+    shade = x + 0.1  # the whole frame one shade off: a low-frequency error
+    sse = ((shade - x) ** 2).flatten(1).sum(1).mean()
+    torch.testing.assert_close(lowpass_sse(shade, x, 4), sse)
+    stripes = torch.zeros_like(x)
+    stripes[..., ::2, :], stripes[..., 1::2, :] = 0.1, -0.1  # alternates inside every 4×4 block
+    assert lowpass_sse(x + stripes, x, 4) < 1e-9
+    with pytest.raises(ValueError, match="lowpass_kernel=3 must divide the frame size"):
+        lowpass_sse(shade, x, 3)
+
+
+def test_lowpass_weight_adds_the_term_to_the_loss_not_to_the_logged_sse(tiny_model_kwargs):
+    model = SDCD(**{**tiny_model_kwargs, "feature_noise": 0.0}, stage="autoencoder", lowpass_weight=10.0,
+                 lowpass_kernel=4)
+    x = torch.rand(2, 4, 3, 32, 32)
+    terms = model.loss_terms(x, shuffle=False)
+    recon = model.decode_features(model.frame_features(x, noise=False))
+    torch.testing.assert_close(terms["sse"], ((recon - x) ** 2).flatten(1).sum(1).mean())
+    torch.testing.assert_close(terms["loss"], terms["sse"] + 10.0 * lowpass_sse(recon, x, 4))
+    with pytest.raises(ValueError, match="model.lowpass_kernel=3 must divide model.frame_size=32"):
+        SDCD(**tiny_model_kwargs, lowpass_weight=1.0, lowpass_kernel=3)

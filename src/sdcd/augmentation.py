@@ -7,7 +7,11 @@ motion are not), and the two copies must agree on the dynamics:
 * "swap" regenerates each copy from its own static code and the *other* copy's λ through the flow,
   x' = h(λ(x), f(x')) and x = h(λ(x'), f(x)), and charges the squared error in feature space. Because
   λ = h⁻¹(x, f) is a bijection of x given f, this can only hold if f carries the colours; unlike a
-  distance between λs it cannot be met by shrinking λ's colour directions.
+  distance between λs it cannot be met by shrinking λ's colour directions. With `augmentation_time`
+  "reverse" or "roll" the copy's frames are also put in another order (its time reversed, or shifted
+  cyclically by a random 1..T−1 frames per row), so each sequence's static code must be drawn under
+  dynamics other than its own, as in the swap test; the targets are re-ordered to match (the encoder is
+  per frame and f's aggregated posterior does not depend on the frames' order, so no re-encoding).
 
 What each does on Sprites: README, "Sprites on a CPU", and docs/sprites.md.
 """
@@ -20,6 +24,7 @@ from torch.nn import functional as F
 
 AUGMENTATION_LOSSES = ("infonce", "mse", "swap")
 AUGMENTATION_COLOURS = ("permute", "gain", "palette")
+AUGMENTATION_TIMES = ("same", "reverse", "roll")
 _PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))  # every non-identity one
 
 
@@ -87,14 +92,32 @@ def augmentation_term(lam: torch.Tensor, lam_aug: torch.Tensor, loss: str, tempe
     return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
 
+def time_order(b: int, t: int, kind: str, device: torch.device) -> torch.Tensor | None:
+    """(B, T) frame indices that re-order each row's copy: None for "same", the frames backwards for
+    "reverse", a cyclic shift by a random 1..T−1 frames per row for "roll"."""
+    steps = torch.arange(t, device=device)
+    if kind == "same":
+        return None
+    if kind == "reverse":
+        return steps.flip(0).expand(b, t)
+    shift = torch.randint(1, t, (b, 1), device=device)
+    return (steps[None] + shift) % t
+
+
 def swap_term(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:
     """The "swap" form for features e, e_aug: (B, T, D) of sequences and of their colour-changed copies:
-    ½(‖h(λ(x'), f(x)) − x‖² + ‖h(λ(x), f(x')) − x'‖²), summed over frames and dimensions,
-    batch-averaged (f sampled from q(f | ·), λ given it)."""
-    a, b = model.codes_of_features(e), model.codes_of_features(e_aug)
+    ½(‖h(λ(x'_π), f(x)) − x_π‖² + ‖h(λ(x), f(x'_π)) − x'‖²), summed over frames and dimensions,
+    batch-averaged (f sampled from q(f | ·), λ given it), where ·_π re-orders the frames by
+    `time_order(model.hparams.augmentation_time)` (the identity for "same")."""
+    order = time_order(e.shape[0], e.shape[1], model.hparams.get("augmentation_time", "same"), e.device)
+    target_a, e_b = e, e_aug
+    if order is not None:
+        index = order[:, :, None].expand_as(e)
+        target_a, e_b = torch.gather(e, 1, index), torch.gather(e_aug, 1, index)
+    a, b = model.codes_of_features(e), model.codes_of_features(e_b)
     t = e.shape[1]
     err_b = (model.flow.generate(a.lam, b.f[:, None].expand(-1, t, -1)) - e_aug.float()) ** 2
-    err_a = (model.flow.generate(b.lam, a.f[:, None].expand(-1, t, -1)) - e.float()) ** 2
+    err_a = (model.flow.generate(b.lam, a.f[:, None].expand(-1, t, -1)) - target_a.float()) ** 2
     return 0.5 * (err_a.sum((1, 2)) + err_b.sum((1, 2))).mean()
 
 

@@ -16,7 +16,13 @@ import os
 import torch
 from einops import rearrange, repeat
 
-from sdcd.augmentation import AUGMENTATION_COLOURS, AUGMENTATION_LOSSES, augmented_features, colour_augmentation
+from sdcd.augmentation import (
+    AUGMENTATION_COLOURS,
+    AUGMENTATION_LOSSES,
+    AUGMENTATION_TIMES,
+    augmented_features,
+    colour_augmentation,
+)
 from sdcd.autoencoder import FrameDecoder, FrameEncoder, lowpass_sse
 from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, AppearanceSubspace, check_cycle_args, swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
@@ -79,6 +85,9 @@ class SDCD(SequentialModule):
             (random per-channel gains, brightness too) or "palette" (each distinct colour of a
             sequence replaced by a random one; black kept).
         augmentation_temperature: Temperature of the InfoNCE form.
+        augmentation_time: For the "swap" form: the copy's frames in the "same" order, or "reverse"d, or
+            "roll"ed by a random 1..T−1 frames per row, so that each static code is also drawn under
+            dynamics other than its own (sdcd.augmentation.swap_term).
         cycle_weight: Weight of the swap-cycle term, a named departure (sdcd.cycle; 0 = off, the
             paper): A's static code with the next row's dynamics, h(λ_B, f_A), must give f_A back
             through the static encoder.
@@ -115,13 +124,14 @@ class SDCD(SequentialModule):
         lowpass_weight: float = 0.0, lowpass_kernel: int = 4,
         # named departures (off by default) and the two-stage recipe
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
-        augmentation_colours: str = "permute", cycle_weight: float = 0.0,
+        augmentation_colours: str = "permute", augmentation_time: str = "same", cycle_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
     ):
         super().__init__()
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
+                               "augmentation_time": AUGMENTATION_TIMES,
                                "cycle_reader": CYCLE_READERS, "cycle_form": CYCLE_FORMS,
                                "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature", "lowpass_kernel"),
@@ -129,6 +139,9 @@ class SDCD(SequentialModule):
                                     "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
                                     "lr_decay_steps", "lr_final", "lowpass_weight"), **locals())
         check_stage_args(stage, autoencoder_checkpoint)
+        if augmentation_time != "same" and augmentation_loss != "swap":
+            raise ValueError(f"model.augmentation_time={augmentation_time} re-orders the copy for the swap form "
+                             f"only: needs model.augmentation_loss=swap, got {augmentation_loss}")
         if lowpass_weight > 0 and frame_size % lowpass_kernel:
             raise ValueError(f"model.lowpass_kernel={lowpass_kernel} must divide model.frame_size={frame_size}")
         check_cycle_args(cycle_weight, cycle_reader, augmentation_weight, cycle_subspace_mass, cycle_subspace_momentum)
