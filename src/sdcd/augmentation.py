@@ -95,9 +95,9 @@ def augmentation_term(lam: torch.Tensor, lam_aug: torch.Tensor, loss: str, tempe
 def time_order(b: int, t: int, kind: str, device: torch.device) -> torch.Tensor | None:
     """(B, T) frame indices that re-order each row's copy: None for "same", the frames backwards for
     "reverse", a cyclic shift by a random 1..T−1 frames per row for "roll"."""
-    steps = torch.arange(t, device=device)
     if kind == "same":
         return None
+    steps = torch.arange(t, device=device)
     if kind == "reverse":
         return steps.flip(0).expand(b, t)
     shift = torch.randint(1, t, (b, 1), device=device)
@@ -109,7 +109,7 @@ def swap_term(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:
     ½(‖h(λ(x'_π), f(x)) − x_π‖² + ‖h(λ(x), f(x'_π)) − x'‖²), summed over frames and dimensions,
     batch-averaged (f sampled from q(f | ·), λ given it), where ·_π re-orders the frames by
     `time_order(model.hparams.augmentation_time)` (the identity for "same")."""
-    order = time_order(e.shape[0], e.shape[1], model.hparams.get("augmentation_time", "same"), e.device)
+    order = time_order(e.shape[0], e.shape[1], model.hparams.augmentation_time, e.device)
     target_a, e_b = e, e_aug
     if order is not None:
         index = order[:, :, None].expand_as(e)

@@ -67,16 +67,16 @@ class SDCD(SequentialModule):
         lr_decay_steps: Its length in steps; 0 (the paper) keeps the rate constant. Keyed on the step
             alone (sdcd.interface.scheduled_lr), so it also applies to a run resumed with --ckpt_path.
         lr_final: The rate at the end of the decay, as a fraction of lr (0.05).
-        lowpass_weight: Weight of a low-frequency reconstruction term added to the SSE, a named departure
-            for the autoencoder (sdcd.autoencoder.lowpass_sse; 0 = off, the paper): the error averaged
-            over lowpass_kernel² blocks, so that a region drawn in a wrong shade costs (1 + weight) times
-            its SSE. The logged "sse" stays the plain SSE.
-        lowpass_kernel: Block size of that term, a divisor of frame_size (4).
         grad_clip_norm: Gradient-norm clipping, always on (0.5); 0 disables it.
         compile: torch.compile the training objective (`loss_terms`) when fit starts; eval stays eager.
         channels_last: Keep the conv weights, hence the conv activations, in channels_last memory format.
         nonfinite_patience: K: stop after K consecutive steps with a non-finite loss or gradient (each
             is skipped on the device, no host sync; sdcd.guard); 0 only skips them.
+        lowpass_weight: Weight of a low-frequency reconstruction term added to the SSE, a named departure
+            for the autoencoder (sdcd.autoencoder.lowpass_sse; 0 = off, the paper): the error averaged
+            over lowpass_kernel² blocks, so that a region drawn in a wrong shade costs (1 + weight) times
+            its SSE. The logged "sse" stays the plain SSE.
+        lowpass_kernel: Block size of that term, a divisor of frame_size (4).
         augmentation_weight: Weight of the colour-augmentation term, a named departure (sdcd.augmentation;
             0 = off, the paper): λ of a sequence and of its RGB-permuted copy must agree.
         augmentation_loss: Its form: "infonce" (C-DSVAE's contrastive form), "mse" (λ against λ), or
@@ -121,8 +121,8 @@ class SDCD(SequentialModule):
         # optimisation and speed
         lr: float = 1e-3, grad_clip_norm: float = 0.5, compile: bool = False, channels_last: bool = False,
         nonfinite_patience: int = 10, lr_decay_start: int = 0, lr_decay_steps: int = 0, lr_final: float = 0.05,
-        lowpass_weight: float = 0.0, lowpass_kernel: int = 4,
         # named departures (off by default) and the two-stage recipe
+        lowpass_weight: float = 0.0, lowpass_kernel: int = 4,
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", augmentation_time: str = "same", cycle_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
@@ -199,13 +199,12 @@ class SDCD(SequentialModule):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 e = self.frame_features(x)
         if frozen and self.training:  # the frozen decoder has nothing to learn: skip it
-            sse = e.new_zeros((), dtype=torch.float32)
+            sse = recon_loss = e.new_zeros((), dtype=torch.float32)
         else:
             recon = self.decode_features(e)
-            sse = ((recon.float() - x.float()) ** 2).flatten(1).sum(1).mean()
-        recon_loss = sse
-        if hp.lowpass_weight > 0 and not (frozen and self.training):  # a named departure (lowpass_sse)
-            recon_loss = sse + hp.lowpass_weight * lowpass_sse(recon, x, hp.lowpass_kernel)
+            sse = recon_loss = ((recon.float() - x.float()) ** 2).flatten(1).sum(1).mean()
+            if hp.lowpass_weight > 0:  # a named departure (sdcd.autoencoder.lowpass_sse)
+                recon_loss = sse + hp.lowpass_weight * lowpass_sse(recon, x, hp.lowpass_kernel)
         if hp.stage == "autoencoder":
             zero = torch.zeros_like(sse)
             return {"loss": recon_loss, "sse": sse, "kl": zero, "nll_flow": zero, "nll_prior": zero}
