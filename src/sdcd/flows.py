@@ -64,6 +64,38 @@ class TanhAffineCoupling(AffineCouplingTransform):
     the scale parametrisation.
     """
 
+    def __init__(self, mask, transform_net_create_fn):
+        super().__init__(mask, transform_net_create_fn)
+        # An alternating mask (every other feature transformed) is split by strided views instead of
+        # nflows' index/index_put, which were ~15% of a stage-2 step on a CPU; same values, same order.
+        d, ident = self.features, self.identity_features
+        alternating = (d % 2 == 0 and ident.numel() == d // 2
+                       and bool((ident == ident[0] + 2 * torch.arange(d // 2)).all()))
+        self._identity_parity = int(ident[0]) if alternating else None
+
+    def _split(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = inputs.unflatten(1, (-1, 2))  # (N, D/2, 2)
+        p = self._identity_parity
+        return pairs[..., p], pairs[..., 1 - p]
+
+    def _merge(self, identity: torch.Tensor, transformed: torch.Tensor) -> torch.Tensor:
+        parts = (identity, transformed) if self._identity_parity == 0 else (transformed, identity)
+        return torch.stack(parts, dim=-1).flatten(1)
+
+    def forward(self, inputs, context=None):
+        if self._identity_parity is None or inputs.dim() != 2:
+            return super().forward(inputs, context)
+        identity, transform = self._split(inputs)
+        out, logabsdet = self._coupling_transform_forward(transform, self.transform_net(identity, context))
+        return self._merge(identity, out), logabsdet
+
+    def inverse(self, inputs, context=None):
+        if self._identity_parity is None or inputs.dim() != 2:
+            return super().inverse(inputs, context)
+        identity, transform = self._split(inputs)
+        out, logabsdet = self._coupling_transform_inverse(transform, self.transform_net(identity, context))
+        return self._merge(identity, out), logabsdet
+
     def _log_scale_and_shift(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.num_transform_features
         return torch.tanh(params[:, n:]), params[:, :n]
