@@ -20,7 +20,7 @@ time_to_accuracy = importlib.import_module("time_to_accuracy")
 
 
 @pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py", "swap_errors.py",
-                                    "appearance_subspace.py"])
+                                    "appearance_subspace.py", "static_separation.py"])
 def test_help(script):
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
@@ -247,3 +247,19 @@ def test_the_appearance_subspace_holds_what_a_recolouring_moves_and_nothing_else
     assert result["dims"] == 2
     assert result["in"][0] > 0.95 and result["in"][1] < 0.5  # colour in, action (chance 1/3) not
     assert result["out"][1] > 0.95 and result["out"][0] < 0.5  # the rest: the action, not the colour (chance 1/4)
+
+
+def test_static_separation_measures_pairs_in_posterior_sds():
+    static_separation = importlib.import_module("static_separation").static_separation
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(400)
+    centres = torch.zeros(3, 4)
+    centres[1, 0], centres[2, 1] = 1.0, 5.0  # class 1 one unit from class 0 along dim 0, class 2 five along dim 1
+    mu = centres[labels] + 0.1 * torch.randn(len(labels), 4, generator=g)
+    var = torch.full((len(labels), 4), 0.04)  # posterior sd 0.2 along every direction
+    rows = static_separation(mu, var, labels)
+    assert [(r["a"], r["b"]) for r in rows][0] == (0, 1)  # the closest pair first
+    first = rows[0]
+    assert abs(first["separation"] - 1.0) < 0.03 and abs(first["within_sd"] - 0.1) < 0.01
+    assert abs(first["posterior_sd"] - 0.2) < 1e-6 and abs(first["ratio"] - 5.0) < 0.2
+    assert rows[-1]["ratio"] > 20  # 0–2 and 1–2 are about 25 posterior sds apart
