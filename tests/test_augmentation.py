@@ -6,6 +6,7 @@ import torch
 from sdcd.augmentation import (
     augment_colours,
     augmentation_term,
+    permute_and_gamma,
     permute_colours,
     random_gains,
     remap_palette,
@@ -123,3 +124,15 @@ def test_the_swap_config_is_the_cpu_recipe_plus_the_departure_only():
     assert {k: swap["model"]["init_args"][k] for k in departure} == departure
     base["model"]["init_args"].update(departure)
     assert swap == base
+
+
+def test_permute_and_gamma_moves_greys_keeps_black_and_white_and_is_one_map_per_sequence():
+    grey = torch.tensor([0.0, 0.5, 1.0])  # black, mid-grey, white in every channel
+    x = grey[None, None, None, :, None].expand(4, 3, 3, 3, 2).clone()  # (B, T, C, H=3 greys, W)
+    y = permute_and_gamma(x, torch.Generator().manual_seed(0))
+    assert torch.equal(y[:, :, :, 0], x[:, :, :, 0]) and torch.equal(y[:, :, :, 2], x[:, :, :, 2])
+    mid = y[:, :, :, 1, 0]  # (B, T, C): the grey's new value per channel
+    assert (mid - 0.5).abs().amax() > 0.05  # a permutation alone would leave the grey where it was
+    torch.testing.assert_close(mid, mid[:, :1].expand_as(mid))  # the same map in every frame
+    assert ((mid >= 0.5**3 - 1e-6) & (mid <= 0.5 ** (1 / 3) + 1e-6)).all()  # γ within [1/3, 3]
+    assert torch.equal(augment_colours(x, "gamma", torch.Generator().manual_seed(0)), y)

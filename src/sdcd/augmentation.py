@@ -23,7 +23,7 @@ from einops import rearrange
 from torch.nn import functional as F
 
 AUGMENTATION_LOSSES = ("infonce", "mse", "swap")
-AUGMENTATION_COLOURS = ("permute", "gain", "palette")
+AUGMENTATION_COLOURS = ("permute", "gain", "palette", "gamma")
 AUGMENTATION_TIMES = ("same", "reverse", "roll")
 _PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))  # every non-identity one
 
@@ -49,6 +49,20 @@ def random_gains(x: torch.Tensor, generator: torch.Generator | None = None, low:
     return x * g.to(x.device, x.dtype)
 
 
+def permute_and_gamma(x: torch.Tensor, generator: torch.Generator | None = None, spread: float = 3.0) -> torch.Tensor:
+    """x: (B, T, C=3, H, W) in [0, 1] with each sequence's channels permuted (`permute_colours`) and then
+    raised to random powers γ, one per channel and sequence, log-uniform in [1/spread, spread].
+
+    Why: a near-grey colour (the white top, the grey-blue skins, the near-black pants of Sprites) is
+    almost unchanged by a channel permutation, so the swap form cannot push it into f. A power moves
+    grey and dark shades too (0.05 → 0.22 at γ = ½) while black and white stay, as the background must."""
+    x = permute_colours(x, generator)
+    u = torch.rand(x.shape[0], 1, x.shape[2], 1, 1, generator=generator,
+                   device="cpu" if generator is not None else x.device)
+    gamma = torch.exp((2 * u - 1) * torch.log(torch.tensor(spread)))
+    return x.clamp(0, 1) ** gamma.to(x.device, x.dtype)
+
+
 def remap_palette(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """x: (B, T, C, H, W) in [0, 1] with every distinct colour of each sequence (quantised to 8 bits a
     channel) replaced by its own random colour, uniform in [0, 1]^C, the same in all the sequence's
@@ -72,9 +86,12 @@ def remap_palette(x: torch.Tensor, generator: torch.Generator | None = None) -> 
 
 
 def augment_colours(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """"permute": `permute_colours` (brightness kept); "gain": `random_gains`; "palette": `remap_palette`."""
+    """"permute": `permute_colours` (brightness kept); "gain": `random_gains`; "palette": `remap_palette`;
+    "gamma": `permute_and_gamma`."""
     if kind == "permute":
         return permute_colours(x, generator)
+    if kind == "gamma":
+        return permute_and_gamma(x, generator)
     return random_gains(x, generator) if kind == "gain" else remap_palette(x, generator)
 
 

@@ -82,8 +82,9 @@ class SDCD(SequentialModule):
         augmentation_loss: Its form: "infonce" (C-DSVAE's contrastive form), "mse" (λ against λ), or
             "swap" (each copy regenerated from the other's λ and its own f, error in feature space).
         augmentation_colours: How the copy's colours change: "permute" (RGB channels), "gain"
-            (random per-channel gains, brightness too) or "palette" (each distinct colour of a
-            sequence replaced by a random one; black kept).
+            (random per-channel gains, brightness too), "palette" (each distinct colour of a
+            sequence replaced by a random one; black kept) or "gamma" (RGB permuted, then a random
+            power per channel, so near-grey and dark shades change too; black and white kept).
         augmentation_temperature: Temperature of the InfoNCE form.
         augmentation_time: For the "swap" form: the copy's frames in the "same" order, or "reverse"d, or
             "roll"ed by a random 1..T−1 frames per row, so that each static code is also drawn under
