@@ -136,3 +136,16 @@ def test_permute_and_gamma_moves_greys_keeps_black_and_white_and_is_one_map_per_
     torch.testing.assert_close(mid, mid[:, :1].expand_as(mid))  # the same map in every frame
     assert ((mid >= 0.5**3 - 1e-6) & (mid <= 0.5 ** (1 / 3) + 1e-6)).all()  # γ within [1/3, 3]
     assert torch.equal(augment_colours(x, "gamma", torch.Generator().manual_seed(0)), y)
+
+
+def test_gamma_spread_sets_the_range_of_powers_and_a_bad_one_is_refused():
+    x = torch.full((64, 2, 3, 1, 1), 0.5)
+    mid = permute_and_gamma(x, torch.Generator().manual_seed(0), spread=1.5)
+    assert ((mid >= 0.5**1.5 - 1e-6) & (mid <= 0.5 ** (1 / 1.5) + 1e-6)).all()
+    assert mid.std() > 0.01  # powers differ between sequences and channels
+    model = SDCD(n_frames=2, frame_size=8, base_channels=4, latent_dim=8, static_hidden=8, flow_layers=1,
+                 flow_hidden=8, prior_layers=1, prior_hidden=8, lstm_hidden=8, augmentation_weight=1.0,
+                 augmentation_loss="swap", augmentation_colours="gamma", augmentation_gamma_spread=1.5)
+    torch.testing.assert_close(model.colour_copy(x, torch.Generator().manual_seed(0)), mid)
+    with pytest.raises(ValueError, match="augmentation_gamma_spread=0.5 must be ≥ 1"):
+        SDCD(augmentation_gamma_spread=0.5)

@@ -85,13 +85,14 @@ def remap_palette(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     return rearrange(new[inverse], "b t h w c -> b t c h w").to(x.dtype)
 
 
-def augment_colours(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_colours(x: torch.Tensor, kind: str, generator: torch.Generator | None = None,
+                    gamma_spread: float = 3.0) -> torch.Tensor:
     """"permute": `permute_colours` (brightness kept); "gain": `random_gains`; "palette": `remap_palette`;
-    "gamma": `permute_and_gamma`."""
+    "gamma": `permute_and_gamma` with powers in [1/gamma_spread, gamma_spread]."""
     if kind == "permute":
         return permute_colours(x, generator)
     if kind == "gamma":
-        return permute_and_gamma(x, generator)
+        return permute_and_gamma(x, generator, gamma_spread)
     return random_gains(x, generator) if kind == "gain" else remap_palette(x, generator)
 
 
@@ -145,7 +146,7 @@ def augmented_features(model, x: torch.Tensor, e: torch.Tensor, cached: tuple | 
     if cached is not None:
         return cached[1] + (e - cached[0])
     with torch.no_grad():  # the copy trains the disentanglement part only
-        return model.frame_features(augment_colours(x, model.hparams.augmentation_colours))
+        return model.frame_features(model.colour_copy(x))
 
 
 def colour_augmentation(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from sdcd.augmentation import (
     AUGMENTATION_COLOURS,
     AUGMENTATION_LOSSES,
     AUGMENTATION_TIMES,
+    augment_colours,
     augmented_features,
     colour_augmentation,
 )
@@ -85,6 +86,7 @@ class SDCD(SequentialModule):
             (random per-channel gains, brightness too), "palette" (each distinct colour of a
             sequence replaced by a random one; black kept) or "gamma" (RGB permuted, then a random
             power per channel, so near-grey and dark shades change too; black and white kept).
+        augmentation_gamma_spread: For "gamma": the powers are log-uniform in [1/spread, spread] (3).
         augmentation_temperature: Temperature of the InfoNCE form.
         augmentation_time: For the "swap" form: the copy's frames in the "same" order, or "reverse"d, or
             "roll"ed by a random 1..T−1 frames per row, so that each static code is also drawn under
@@ -125,7 +127,8 @@ class SDCD(SequentialModule):
         # named departures (off by default) and the two-stage recipe
         lowpass_weight: float = 0.0, lowpass_kernel: int = 4,
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
-        augmentation_colours: str = "permute", augmentation_time: str = "same", cycle_weight: float = 0.0,
+        augmentation_colours: str = "permute", augmentation_gamma_spread: float = 3.0,
+        augmentation_time: str = "same", cycle_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
@@ -143,6 +146,9 @@ class SDCD(SequentialModule):
         if augmentation_time != "same" and augmentation_loss != "swap":
             raise ValueError(f"model.augmentation_time={augmentation_time} re-orders the copy for the swap form "
                              f"only: needs model.augmentation_loss=swap, got {augmentation_loss}")
+        if augmentation_gamma_spread < 1:
+            raise ValueError(f"model.augmentation_gamma_spread={augmentation_gamma_spread} must be ≥ 1 "
+                             f"(the powers are log-uniform in [1/spread, spread])")
         if lowpass_weight > 0 and frame_size % lowpass_kernel:
             raise ValueError(f"model.lowpass_kernel={lowpass_kernel} must divide model.frame_size={frame_size}")
         check_cycle_args(cycle_weight, cycle_reader, augmentation_weight, cycle_subspace_mass, cycle_subspace_momentum)
@@ -247,8 +253,13 @@ class SDCD(SequentialModule):
     def cached_features(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage 2: feature means (B, T, D) of rows `index` of `split` (and of their colour-permuted copies)."""
         hp = self.hparams
-        colours = hp.augmentation_colours if hp.augmentation_weight > 0 else None
-        return self.feature_cache.get(self, self.trainer.datamodule, split, index, colours)
+        copy = self.colour_copy if hp.augmentation_weight > 0 else None
+        return self.feature_cache.get(self, self.trainer.datamodule, split, index, copy)
+
+    def colour_copy(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x: (B, T, C, H, W) with its colours changed as `augmentation_colours` says (sdcd.augmentation)."""
+        hp = self.hparams
+        return augment_colours(x, hp.augmentation_colours, generator, hp.augmentation_gamma_spread)
 
     def training_loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
         loss_terms = self._compiled_loss_terms or self.loss_terms

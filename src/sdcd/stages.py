@@ -17,12 +17,11 @@ static encoder and the flow. So the paper's objective can also be trained in two
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-
-from sdcd.augmentation import augment_colours
 
 STAGES = ("joint", "autoencoder", "disentangle")
 AUTOENCODER = ("encoder", "mean_net", "decoder")  # the frame autoencoder's submodules
@@ -73,10 +72,10 @@ class FeatureCache:
 
     @torch.no_grad()
     def get(self, model, datamodule, split: str, index: torch.Tensor,
-            colours: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            copy: Callable | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feature means (B, T, D) of rows `index` of `split`, and of their colour-changed copies
-        (`sdcd.augmentation.augment_colours` of that kind, one fixed draw per sequence; None when
-        `colours` is None)."""
+        (`copy(x, generator)`, e.g. `SDCD.colour_copy`; one fixed draw per sequence; None when `copy`
+        is None)."""
         if split not in self._features:
             n, parts, aug = datamodule.split_size(split), [], []
             gen = torch.Generator().manual_seed(0)  # one fixed draw per sequence
@@ -84,8 +83,8 @@ class FeatureCache:
             for rows in torch.arange(n).split(256):
                 x = datamodule.batch(split, rows, device=model.device)["x"]
                 parts.append(model.frame_features(x, noise=False).float())
-                if colours is not None:
-                    aug.append(model.frame_features(augment_colours(x, colours, gen), noise=False).float())
+                if copy is not None:
+                    aug.append(model.frame_features(copy(x, gen), noise=False).float())
             self._features[split] = torch.cat(parts)
             if aug:
                 self._features[split + "/aug"] = torch.cat(aug)
