@@ -82,19 +82,18 @@ class TanhAffineCoupling(AffineCouplingTransform):
         parts = (identity, transformed) if self._identity_parity == 0 else (transformed, identity)
         return torch.stack(parts, dim=-1).flatten(1)
 
-    def forward(self, inputs, context=None):
+    def _strided(self, coupling, nflows_path, inputs, context):
         if self._identity_parity is None or inputs.dim() != 2:
-            return super().forward(inputs, context)
+            return nflows_path(inputs, context)
         identity, transform = self._split(inputs)
-        out, logabsdet = self._coupling_transform_forward(transform, self.transform_net(identity, context))
+        out, logabsdet = coupling(transform, self.transform_net(identity, context))
         return self._merge(identity, out), logabsdet
 
+    def forward(self, inputs, context=None):
+        return self._strided(self._coupling_transform_forward, super().forward, inputs, context)
+
     def inverse(self, inputs, context=None):
-        if self._identity_parity is None or inputs.dim() != 2:
-            return super().inverse(inputs, context)
-        identity, transform = self._split(inputs)
-        out, logabsdet = self._coupling_transform_inverse(transform, self.transform_net(identity, context))
-        return self._merge(identity, out), logabsdet
+        return self._strided(self._coupling_transform_inverse, super().inverse, inputs, context)
 
     def _log_scale_and_shift(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.num_transform_features
