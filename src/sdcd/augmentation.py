@@ -18,6 +18,8 @@ What each does on Sprites: README, "Sprites on a CPU", and docs/sprites.md.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange
 from torch.nn import functional as F
@@ -40,13 +42,19 @@ def permute_colours(x: torch.Tensor, generator: torch.Generator | None = None) -
     return torch.gather(x, 2, idx[:, None, :, None, None].expand(-1, x.shape[1], -1, *x.shape[3:]))
 
 
+def _channel_uniform(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, 1, C, 1, 1) uniform draws on x's device: one per sequence and channel of x: (B, T, C, H, W)
+    (drawn on the CPU when a CPU generator is given)."""
+    u = torch.rand(x.shape[0], 1, x.shape[2], 1, 1, generator=generator,
+                   device="cpu" if generator is not None else x.device)
+    return u.to(x.device)
+
+
 def random_gains(x: torch.Tensor, generator: torch.Generator | None = None, low: float = 0.25) -> torch.Tensor:
     """x: (B, T, C, H, W) with each sequence's colour channels scaled by random gains in [low, 1] (one
     per channel and sequence, the same for all its frames): colours *and* brightness change, a black
     background stays black."""
-    g = low + (1 - low) * torch.rand(x.shape[0], 1, x.shape[2], 1, 1, generator=generator,
-                                     device="cpu" if generator is not None else x.device)
-    return x * g.to(x.device, x.dtype)
+    return x * (low + (1 - low) * _channel_uniform(x, generator)).to(x.dtype)
 
 
 def permute_and_gamma(x: torch.Tensor, generator: torch.Generator | None = None, spread: float = 3.0) -> torch.Tensor:
@@ -57,10 +65,8 @@ def permute_and_gamma(x: torch.Tensor, generator: torch.Generator | None = None,
     almost unchanged by a channel permutation, so the swap form cannot push it into f. A power moves
     grey and dark shades too (0.05 → 0.22 at γ = ½) while black and white stay, as the background must."""
     x = permute_colours(x, generator)
-    u = torch.rand(x.shape[0], 1, x.shape[2], 1, 1, generator=generator,
-                   device="cpu" if generator is not None else x.device)
-    gamma = torch.exp((2 * u - 1) * torch.log(torch.tensor(spread)))
-    return x.clamp(0, 1) ** gamma.to(x.device, x.dtype)
+    gamma = torch.exp((2 * _channel_uniform(x, generator) - 1) * math.log(spread))
+    return x.clamp(0, 1) ** gamma.to(x.dtype)
 
 
 def remap_palette(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
