@@ -61,12 +61,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON (every pair) instead of a table")
     args = ap.parse_args(argv)
 
-    from sdcd.data_modules.sprites import SpritesDataModule
-    from sdcd.model import SDCD
+    from sprites_run import load_test_run
 
-    dm = SpritesDataModule(eval_batch_size=128, val="holdout", val_characters=50)
-    dm.setup("test")
-    model = SDCD.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    dm, model, _ = load_test_run(args.checkpoint)
     torch.manual_seed(args.seed)
     rows = torch.arange(dm.split_size("test")).split(256)
     mu, var, labels = posteriors(model, (dm.batch("test", idx) for idx in rows))

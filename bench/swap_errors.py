@@ -78,14 +78,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
 
-    from sdcd.data_modules.sprites import SpritesDataModule
-    from sdcd.judge import load_judge
-    from sdcd.model import SDCD
+    from sprites_run import load_test_run
 
-    dm = SpritesDataModule(eval_batch_size=128, val="holdout", val_characters=50)
-    dm.setup("test")
-    judge = load_judge(args.judge, dm, map_location="cpu").eval()
-    model = SDCD.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    dm, model, judge = load_test_run(args.checkpoint, args.judge)
     torch.manual_seed(args.seed)
     order = torch.randperm(dm.split_size("test"))
     order = order[: args.n] if args.n else order
