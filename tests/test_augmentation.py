@@ -126,6 +126,19 @@ def test_the_swap_config_is_the_cpu_recipe_plus_the_departure_only():
     assert swap == base
 
 
+def test_the_gamma_config_is_the_swap_config_plus_gamma_copies_and_beta_80_only():
+    """experiments/lpc_swap_gamma_cpu.yaml = lpc_swap_cpu with the gamma copies and β = 80."""
+    import yaml
+    from conftest import EXPERIMENTS
+
+    swap = yaml.safe_load((EXPERIMENTS / "lpc_swap_cpu.yaml").read_text())
+    gamma = yaml.safe_load((EXPERIMENTS / "lpc_swap_gamma_cpu.yaml").read_text())
+    change = {"kl_weight": 80.0, "augmentation_colours": "gamma", "augmentation_gamma_spread": 3.0}
+    assert {k: gamma["model"]["init_args"][k] for k in change} == change
+    swap["model"]["init_args"].update(change)
+    assert gamma == swap
+
+
 def test_permute_and_gamma_moves_greys_keeps_black_and_white_and_is_one_map_per_sequence():
     grey = torch.tensor([0.0, 0.5, 1.0])  # black, mid-grey, white in every channel
     x = grey[None, None, None, :, None].expand(4, 3, 3, 3, 2).clone()  # (B, T, C, H=3 greys, W)
