@@ -36,6 +36,7 @@ from sdcd.stages import (
     freeze_autoencoder,
     load_autoencoder,
     load_autoencoder_for_fit,
+    sample_frames,
 )
 from sdcd.static import StaticEncoder, StaticPrior, gaussian_log_prob, product_of_gaussians
 
@@ -109,6 +110,10 @@ class SDCD(SequentialModule):
             loaded and frozen when fit starts from scratch.
         feature_cache: For stage "disentangle": compute the frozen features of the training split once
             and add the feature noise per step (false re-encodes every batch).
+        autoencoder_frames: For stage "autoencoder": the frames of each sequence a training step
+            reconstructs, drawn at random per sequence (0 = all T). The frames of one sequence are
+            near-copies in appearance, so k of T carry most of what a step learns at k/T of its cost
+            (sdcd.stages.sample_frames; validation still uses every frame).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class SDCD(SequentialModule):
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
+        autoencoder_frames: int = 0,
     ):
         super().__init__()
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
@@ -142,7 +148,7 @@ class SDCD(SequentialModule):
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
                                     "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
                                     "lr_decay_steps", "lr_final", "lowpass_weight"), **locals())
-        check_stage_args(stage, autoencoder_checkpoint)
+        check_stage_args(stage, autoencoder_checkpoint, autoencoder_frames, n_frames)
         if augmentation_time != "same" and augmentation_loss != "swap":
             raise ValueError(f"model.augmentation_time={augmentation_time} re-orders the copy for the swap form "
                              f"only: needs model.augmentation_loss=swap, got {augmentation_loss}")
@@ -200,6 +206,8 @@ class SDCD(SequentialModule):
         `cached`: stage 2's (feature means, colour-permuted feature means or None) of the batch's rows."""
         hp = self.hparams
         frozen = hp.stage == "disentangle"
+        if hp.autoencoder_frames and self.training:  # stage 1 only (check_stage_args)
+            x = sample_frames(x, hp.autoencoder_frames)
         if cached is not None:
             e = cached[0] + hp.feature_noise * torch.randn_like(cached[0])
         else:

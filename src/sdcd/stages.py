@@ -27,11 +27,29 @@ STAGES = ("joint", "autoencoder", "disentangle")
 AUTOENCODER = ("encoder", "mean_net", "decoder")  # the frame autoencoder's submodules
 
 
-def check_stage_args(stage: str, autoencoder_checkpoint: str | None) -> None:
-    """Stage 2 needs the checkpoint of a stage-1 (or joint) run: a one-line error otherwise."""
+def check_stage_args(stage: str, autoencoder_checkpoint: str | None, autoencoder_frames: int = 0,
+                     n_frames: int = 2) -> None:
+    """Stage 2 needs the checkpoint of a stage-1 (or joint) run, and only stage 1 may subsample frames:
+    a one-line error otherwise."""
     if stage == "disentangle" and not autoencoder_checkpoint:
         raise ValueError("model.stage=disentangle needs model.autoencoder_checkpoint (an SDCD checkpoint of a "
                          "stage=autoencoder or joint run)")
+    if autoencoder_frames and stage != "autoencoder":
+        raise ValueError(f"model.autoencoder_frames={autoencoder_frames} subsamples the frames of stage 1 only: "
+                         f"needs model.stage=autoencoder, got {stage}")
+    if not 0 <= autoencoder_frames <= n_frames:
+        raise ValueError(f"model.autoencoder_frames must be between 0 (all) and model.n_frames={n_frames}, "
+                         f"got {autoencoder_frames}")
+
+
+def sample_frames(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x: (B, T, C, H, W) → (B, k, C, H, W): k distinct frames of each sequence, drawn at random per
+    row (in time order). Stage 1 reconstructs frames one by one, so which k it sees is all that changes."""
+    b, t = x.shape[:2]
+    if k >= t:
+        return x
+    idx = torch.rand(b, t, device=x.device).argsort(1)[:, :k].sort(1).values  # (B, k)
+    return x[torch.arange(b, device=x.device)[:, None], idx]
 
 
 def load_autoencoder_for_fit(model, stage: str) -> None:
