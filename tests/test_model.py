@@ -8,6 +8,7 @@ import torch
 from sdcd.autoencoder import lowpass_sse
 from sdcd.cli import main
 from sdcd.model import SDCD
+from sdcd.stages import sample_frames
 
 TINY = ["--config", "tests/configs/tiny.yaml", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
 
@@ -148,3 +149,35 @@ def test_lowpass_weight_adds_the_term_to_the_loss_not_to_the_logged_sse(tiny_mod
     torch.testing.assert_close(terms["loss"], terms["sse"] + 10.0 * lowpass_sse(recon, x, 4))
     with pytest.raises(ValueError, match="model.lowpass_kernel=3 must divide model.frame_size=32"):
         SDCD(**tiny_model_kwargs, lowpass_weight=1.0, lowpass_kernel=3)
+
+
+def test_sample_frames_draws_k_distinct_frames_per_sequence_in_time_order():
+    x = torch.arange(3 * 8, dtype=torch.float32).reshape(3, 8, 1, 1, 1).expand(3, 8, 2, 4, 4)
+    torch.manual_seed(0)
+    y = sample_frames(x, 3)
+    assert y.shape == (3, 3, 2, 4, 4)
+    t = y[:, :, 0, 0, 0] - 8 * torch.arange(3)[:, None]  # the frame index each row kept
+    assert ((t >= 0) & (t < 8)).all() and (t.diff(dim=1) > 0).all()  # its own frames, distinct, in order
+    assert len({tuple(r.tolist()) for r in t}) > 1  # drawn per row
+    assert sample_frames(x, 8) is x
+
+
+def test_autoencoder_frames_reconstructs_only_the_drawn_frames_in_training(tiny_model_kwargs):
+    model = SDCD(**{**tiny_model_kwargs, "feature_noise": 0.0}, stage="autoencoder", autoencoder_frames=2)
+    x = torch.rand(2, 4, 3, 32, 32)
+    torch.manual_seed(1)
+    kept = sample_frames(x, 2)
+    torch.manual_seed(1)
+    terms = model.loss_terms(x, shuffle=False)
+    recon = model.decode_features(model.frame_features(kept, noise=False))
+    torch.testing.assert_close(terms["sse"], ((recon - kept) ** 2).flatten(1).sum(1).mean())
+    model.eval()  # validation and test reconstruct every frame
+    full = model.decode_features(model.frame_features(x, noise=False))
+    torch.testing.assert_close(model.loss_terms(x, shuffle=False)["sse"], ((full - x) ** 2).flatten(1).sum(1).mean())
+
+
+def test_autoencoder_frames_is_checked(tiny_model_kwargs):
+    with pytest.raises(ValueError, match="model.autoencoder_frames=2 subsamples the frames of stage 1 only"):
+        SDCD(**tiny_model_kwargs, autoencoder_frames=2)
+    with pytest.raises(ValueError, match="model.autoencoder_frames must be between 0 .all. and model.n_frames=4"):
+        SDCD(**tiny_model_kwargs, stage="autoencoder", autoencoder_frames=5)
