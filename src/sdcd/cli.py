@@ -47,6 +47,7 @@ from sdcd.data_modules.video import VideoClipDataModule
 from sdcd.io import atomic_write_text
 from sdcd.judge_training import JudgeModule
 from sdcd.model import SDCD
+from sdcd.precision import cpu_precision
 
 # The classes configs name by their short class_path (`class_path: SDCD`): jsonargparse resolves a short
 # name among the imported subclasses of the expected base class.
@@ -200,6 +201,10 @@ class SDCDCLI(LightningCLI):
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 matmuls: same results to ~1e-3, much faster
         config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config["trainer"]
+        trainer["precision"], note = cpu_precision(trainer.get("precision"), trainer.get("accelerator"))
+        if note:
+            runs.say(note)
         if not config.get("experiment_name"):
             # written back so that the saved config.yaml, run again, lands under the same experiment
             config["experiment_name"] = runs.experiment_name(config.get("config"))
