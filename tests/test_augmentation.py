@@ -112,24 +112,6 @@ def test_a_re_ordered_copy_has_the_same_static_code_and_the_targets_follow_its_o
         SDCD(**tiny_model_kwargs, augmentation_weight=1.0, augmentation_loss="mse", augmentation_time="roll")
 
 
-@pytest.mark.parametrize("base_name, name, change", [
-    ("lpc_shuffle_cpu", "lpc_swap_cpu",  # the measured departure's four values
-     {"kl_weight": 20.0, "augmentation_weight": 10.0, "augmentation_loss": "swap", "augmentation_colours": "permute"}),
-    ("lpc_swap_cpu", "lpc_swap_gamma_cpu",  # the gamma copies and β = 80
-     {"kl_weight": 80.0, "augmentation_colours": "gamma", "augmentation_gamma_spread": 3.0}),
-])
-def test_each_swap_config_is_its_base_recipe_plus_its_change_only(base_name, name, change):
-    """experiments/<name>.yaml = <base_name>.yaml with the model values of `change` and nothing else."""
-    import yaml
-    from conftest import EXPERIMENTS
-
-    base = yaml.safe_load((EXPERIMENTS / f"{base_name}.yaml").read_text())
-    other = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
-    assert {k: other["model"]["init_args"][k] for k in change} == change
-    base["model"]["init_args"].update(change)
-    assert other == base
-
-
 def test_permute_and_gamma_moves_greys_keeps_black_and_white_and_is_one_map_per_sequence():
     grey = torch.tensor([0.0, 0.5, 1.0])  # black, mid-grey, white in every channel
     x = grey[None, None, None, :, None].expand(4, 3, 3, 3, 2).clone()  # (B, T, C, H=3 greys, W)

@@ -56,6 +56,37 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
     assert cli.trainer.global_step == 1
 
 
+@pytest.mark.parametrize("base_name, name, change", [
+    ("lpc_shuffle_cpu", "lpc_swap_cpu", {  # the measured departure's four values
+        "model.init_args.kl_weight": 20.0, "model.init_args.augmentation_weight": 10.0,
+        "model.init_args.augmentation_loss": "swap", "model.init_args.augmentation_colours": "permute"}),
+    ("lpc_swap_cpu", "lpc_swap_gamma_cpu", {  # the gamma copies and β = 80
+        "model.init_args.kl_weight": 80.0, "model.init_args.augmentation_colours": "gamma",
+        "model.init_args.augmentation_gamma_spread": 3.0}),
+    ("lpc_autoencoder_cpu", "lpc_autoencoder_lowpass_cpu", {  # longer, lr decay, low-frequency term, 2 frames
+        "trainer.max_epochs": 25, "model.init_args.lr_decay_start": 4005, "model.init_args.lr_decay_steps": 2670,
+        "model.init_args.lowpass_weight": 10.0, "model.init_args.lowpass_kernel": 4,
+        "model.init_args.autoencoder_frames": 2}),
+])
+def test_each_derived_cpu_config_is_its_base_recipe_plus_its_change_only(base_name, name, change):
+    """experiments/<name>.yaml = <base_name>.yaml with the values of `change` (dotted paths) and nothing else."""
+    base = yaml.safe_load((EXPERIMENTS / f"{base_name}.yaml").read_text())
+    other = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+
+    def at(config: dict, dotted: str) -> tuple[dict, str]:
+        *parents, key = dotted.split(".")
+        for part in parents:
+            config = config[part]
+        return config, key
+
+    for dotted, value in change.items():
+        section, key = at(other, dotted)
+        assert section[key] == value, dotted
+        section, key = at(base, dotted)
+        section[key] = value
+    assert other == base
+
+
 def test_override_reaches_the_model(in_tmp):
     cli = main(["--config", "tests/configs/tiny.yaml", "--model.kl_weight=0.5", "--model.flow_weight=3",
                 "--data.batch_size=8"], run=False)
