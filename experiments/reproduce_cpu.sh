@@ -14,14 +14,22 @@
 # ARGS are passed to every stage-2 training run (e.g. ARGS="--trainer.max_steps=500"), AE_ARGS to stage 1,
 # JUDGE_ARGS to the judge's training, EVAL_ARGS to every evaluation (e.g. a smoke run on a few characters:
 # AE_ARGS/ARGS/JUDGE_ARGS="--data.n_characters=20 --data.val_characters=2 ...").
+# AE_EXP and SHUFFLE_EXP name the configs of steps 2 and 3 (default lpc_autoencoder_cpu, lpc_shuffle_cpu);
+# `make sprites-hour` runs the one-hour recipe with them: lpc_autoencoder_lowpass_cpu, then
+# lpc_swap_gamma_cpu (NOT the paper's method), one seed, no no-shuffle run, no baselines.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/reproduce-cpu}
 SEEDS=${SEEDS:-0 1 2}
-NOSHUFFLE_SEEDS=${NOSHUFFLE_SEEDS:-${SEEDS%% *}}
+NOSHUFFLE_SEEDS=${NOSHUFFLE_SEEDS-${SEEDS%% *}}
 BASELINES=${BASELINES-dsvae dbse}
 BASELINE_SEEDS=${BASELINE_SEEDS:-0 1}
 JUDGE=${JUDGE:-judges/sprites_cpu.pt}
+AE_EXP=${AE_EXP:-lpc_autoencoder_cpu}
+SHUFFLE_EXP=${SHUFFLE_EXP:-lpc_shuffle_cpu}
+for exp in "$AE_EXP" "$SHUFFLE_EXP"; do
+  [ -f "experiments/$exp.yaml" ] || { echo "reproduce-cpu: AE_EXP/SHUFFLE_EXP='$exp': no file experiments/$exp.yaml" >&2; exit 2; }
+done
 read -r -a EXTRA <<< "${ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
 read -r -a AE_EXTRA <<< "${AE_ARGS:-}"
@@ -52,12 +60,12 @@ if [ ! -f "$JUDGE" ]; then
   log "training the CPU judge → $JUDGE"
   "$PY" -m sdcd fit --config experiments/judge_sprites_cpu.yaml --model.judge_path="$JUDGE" "${JUDGE_EXTRA[@]}"
 fi
-fit "$OUT/autoencoder" experiments/lpc_autoencoder_cpu.yaml "${AE_EXTRA[@]}"
+fit "$OUT/autoencoder" "experiments/$AE_EXP.yaml" "${AE_EXTRA[@]}"
 AE="$OUT/autoencoder/checkpoints/last.ckpt"
 for seed in $SEEDS; do
-  fit "$OUT/lpc_shuffle_cpu/seed$seed" experiments/lpc_shuffle_cpu.yaml --seed_everything="$seed" \
+  fit "$OUT/$SHUFFLE_EXP/seed$seed" "experiments/$SHUFFLE_EXP.yaml" --seed_everything="$seed" \
     --model.autoencoder_checkpoint="$AE" --evaluation.judge_path="$JUDGE" "${EXTRA[@]}"
-  evaluate "$OUT/lpc_shuffle_cpu/seed$seed"
+  evaluate "$OUT/$SHUFFLE_EXP/seed$seed"
 done
 for seed in $NOSHUFFLE_SEEDS; do
   fit "$OUT/lpc_noshuffle_cpu/seed$seed" experiments/lpc_noshuffle_cpu.yaml \

@@ -10,18 +10,23 @@ from conftest import ROOT
 from helpers.data_files import SHEETS
 
 
+def smoke_env(tmp_path, **overrides):
+    """The script's environment at smoke size (20 characters, one epoch or two steps per stage); run dirs
+    land under tmp_path/runs."""
+    data = "--data.n_characters=20 --data.val_characters=2"
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    return {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "out"), "JUDGE": str(tmp_path / "judge.pt"),
+            "WANDB_MODE": "disabled", "LOGGER": "csv",
+            "JUDGE_ARGS": f"{data} --trainer.max_epochs=1",
+            "AE_ARGS": f"{data} --trainer.max_epochs=1",
+            "ARGS": f"{data} --trainer.max_steps=2 --evaluation.repeats=1",
+            "EVAL_ARGS": "--evaluation.repeats=1", **overrides}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")
 def test_the_sprites_pipeline_runs_end_to_end_and_resumes(tmp_path):
-    data = "--data.n_characters=20 --data.val_characters=2"
-    env = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "out"), "JUDGE": str(tmp_path / "judge.pt"),
-           "SEEDS": "0", "BASELINE_SEEDS": "0", "WANDB_MODE": "disabled", "LOGGER": "csv",
-           "JUDGE_ARGS": f"{data} --trainer.max_epochs=1",
-           "AE_ARGS": f"{data} --trainer.max_epochs=1",
-           "ARGS": f"{data} --trainer.max_steps=2 --evaluation.repeats=1",
-           "EVAL_ARGS": "--evaluation.repeats=1"}
-
-    (tmp_path / "experiments").symlink_to(ROOT / "experiments")  # run dirs land under tmp_path/runs
+    env = smoke_env(tmp_path, SEEDS="0", BASELINE_SEEDS="0")
 
     def run():
         out = subprocess.run(["bash", "experiments/reproduce_cpu.sh"], env=env, cwd=tmp_path,
@@ -38,3 +43,30 @@ def test_the_sprites_pipeline_runs_end_to_end_and_resumes(tmp_path):
     assert (tmp_path / "out" / "plot.png").stat().st_size > 1000
     again = run()  # everything is there: nothing is trained or scored twice
     assert "training" not in again and again.count("skipped") >= 9
+
+
+def test_an_unknown_stage_config_is_one_line_naming_it(tmp_path):
+    env = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "out"), "AE_EXP": "lpc_autoencoder_nope"}
+    out = subprocess.run(["bash", "experiments/reproduce_cpu.sh"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("reproduce-cpu: AE_EXP/SHUFFLE_EXP='lpc_autoencoder_nope': "
+                                  "no file experiments/lpc_autoencoder_nope.yaml")
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")
+def test_the_one_hour_recipe_runs_its_own_stage_configs_only(tmp_path):
+    """`make sprites-hour`: the low-pass stage 1 and the gamma stage 2, one seed, nothing else."""
+    # the variables the Makefile's sprites-hour target sets
+    env = smoke_env(tmp_path, AE_EXP="lpc_autoencoder_lowpass_cpu", SHUFFLE_EXP="lpc_swap_gamma_cpu", SEEDS="42",
+                    NOSHUFFLE_SEEDS="", BASELINES="")
+    out = subprocess.run(["bash", "experiments/reproduce_cpu.sh"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ae_config = (tmp_path / "out" / "autoencoder" / "config.yaml").read_text()
+    assert "lowpass_weight: 10.0" in ae_config and "autoencoder_frames: 2" in ae_config
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["autoencoder", "lpc_swap_gamma_cpu"]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| lpc_swap_gamma_cpu | 1 |" in table and "swap/acc/static" in table
