@@ -74,8 +74,7 @@ reproduce-cpu: $(STAMP) ## Sprites on a CPU end to end: judge, autoencoder, shuf
 	PY=$(PY) bash experiments/reproduce_cpu.sh
 
 sprites-hour: $(STAMP) ## Sprites' best CPU split in under an hour (NOT the paper's method): judge, lpc_autoencoder_lowpass_cpu, lpc_swap_gamma_cpu, protocol, table
-	AE_EXP=lpc_autoencoder_lowpass_cpu SHUFFLE_EXP=lpc_swap_gamma_cpu SEEDS="$${SEEDS:-42}" NOSHUFFLE_SEEDS= BASELINES= \
-		OUT="$${OUT:-runs/sprites-hour}" PY=$(PY) bash experiments/reproduce_cpu.sh
+	RECIPE=hour PY=$(PY) bash experiments/reproduce_cpu.sh
 
 baselines-cpu: $(STAMP) ## SDCD (shuffle / no shuffle), DSVAE, DBSE on Moving dSprites cond & simple, 2 seeds: one table + plot
 	PY=$(PY) bash experiments/baselines_cpu.sh

@@ -59,9 +59,7 @@ def test_an_unknown_stage_config_is_one_line_naming_it(tmp_path):
 @pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")
 def test_the_one_hour_recipe_runs_its_own_stage_configs_only(tmp_path):
     """`make sprites-hour`: the low-pass stage 1 and the gamma stage 2, one seed, nothing else."""
-    # the variables the Makefile's sprites-hour target sets
-    env = smoke_env(tmp_path, AE_EXP="lpc_autoencoder_lowpass_cpu", SHUFFLE_EXP="lpc_swap_gamma_cpu", SEEDS="42",
-                    NOSHUFFLE_SEEDS="", BASELINES="")
+    env = smoke_env(tmp_path, RECIPE="hour")  # what the Makefile's sprites-hour target sets
     out = subprocess.run(["bash", "experiments/reproduce_cpu.sh"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -70,3 +68,12 @@ def test_the_one_hour_recipe_runs_its_own_stage_configs_only(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["autoencoder", "lpc_swap_gamma_cpu"]
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| lpc_swap_gamma_cpu | 1 |" in table and "swap/acc/static" in table
+
+
+def test_an_unknown_recipe_is_one_line_naming_it(tmp_path):
+    env = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "out"), "RECIPE": "day"}
+    out = subprocess.run(["bash", "experiments/reproduce_cpu.sh"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "reproduce-cpu: RECIPE='day': expected hour (or unset)"
+    assert not (tmp_path / "out").exists()
