@@ -6,6 +6,7 @@ import torch
 from sdcd.augmentation import (
     augment_colours,
     augmentation_term,
+    augmented_features,
     permute_and_gamma,
     permute_colours,
     random_gains,
@@ -135,3 +136,26 @@ def test_gamma_spread_sets_the_range_of_powers_and_a_bad_one_is_refused():
     torch.testing.assert_close(model.colour_copy(x, torch.Generator().manual_seed(0)), mid)
     with pytest.raises(ValueError, match="augmentation_gamma_spread=0.5 must be ≥ 1"):
         SDCD(augmentation_gamma_spread=0.5)
+
+
+def test_fresh_copies_are_redrawn_every_step_with_their_rows_noise_and_fixed_ones_come_from_the_cache(
+        tiny_model_kwargs):
+    model = SDCD(**{**tiny_model_kwargs, "channels": 3}, augmentation_weight=1.0, augmentation_loss="swap",
+                 augmentation_colours="gamma", augmentation_copies="fresh").eval()
+    torch.manual_seed(0)
+    x = torch.rand(4, 4, 3, 32, 32)
+    with torch.no_grad():
+        mean = model.frame_features(x, noise=False)
+    e = mean + torch.randn_like(mean)  # the batch's noisy features, as stage 2 makes them from its cache
+    torch.manual_seed(1)
+    first = augmented_features(model, x, e, (mean, None))
+    second = augmented_features(model, x, e, (mean, None))
+    assert not torch.allclose(first, second)  # a new colour change at each call
+    torch.manual_seed(1)  # the same draw of the copy's colours
+    with torch.no_grad():
+        expected = model.frame_features(model.colour_copy(x), noise=False) + (e - mean)
+    torch.testing.assert_close(first, expected)  # the copy carries its row's feature noise
+    cached_copy = torch.randn_like(mean)
+    torch.testing.assert_close(augmented_features(model, x, e, (mean, cached_copy)), cached_copy + (e - mean))
+    with pytest.raises(ValueError, match="model.augmentation_copies must be one of fixed, fresh"):
+        SDCD(augmentation_copies="new")

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 AUGMENTATION_LOSSES = ("infonce", "mse", "swap")
 AUGMENTATION_COLOURS = ("permute", "gain", "palette", "gamma")
 AUGMENTATION_TIMES = ("same", "reverse", "roll")
+AUGMENTATION_COPIES = ("fixed", "fresh")  # stage 2's cache: one copy per sequence, or a new one per step
 _PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))  # every non-identity one
 
 
@@ -148,9 +149,13 @@ def swap_term(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:
 def augmented_features(model, x: torch.Tensor, e: torch.Tensor, cached: tuple | None) -> torch.Tensor:
     """The colour-changed copy's features e_aug: (B, T, D) for a training batch x: (B, T, C, H, W) with
     (detached) noisy features e. With stage 2's cache the copy's features get the same feature noise as
-    e (its rows' fixed copies); otherwise the copy is encoded afresh, with fresh noise."""
+    e: its row's cached copy (`augmentation_copies=fixed`), or a copy drawn and encoded now ("fresh").
+    Without the cache the copy is encoded afresh, with fresh noise."""
     if cached is not None:
-        return cached[1] + (e - cached[0])
+        if cached[1] is not None:
+            return cached[1] + (e - cached[0])
+        with torch.no_grad():
+            return model.frame_features(model.colour_copy(x), noise=False).float() + (e - cached[0])
     with torch.no_grad():  # the copy trains the disentanglement part only
         return model.frame_features(model.colour_copy(x))
 

@@ -18,6 +18,7 @@ from einops import rearrange, repeat
 
 from sdcd.augmentation import (
     AUGMENTATION_COLOURS,
+    AUGMENTATION_COPIES,
     AUGMENTATION_LOSSES,
     AUGMENTATION_TIMES,
     augment_colours,
@@ -89,6 +90,11 @@ class SDCD(SequentialModule):
             power per channel, so near-grey and dark shades change too; black and white kept).
         augmentation_gamma_spread: For "gamma": the powers are log-uniform in [1/spread, spread] (3).
         augmentation_temperature: Temperature of the InfoNCE form.
+        augmentation_copies: With stage 2's feature cache: "fixed" caches one colour-changed copy of
+            each training sequence, drawn once (what every augmentation run before this option used),
+            "fresh" draws a new copy of each row at every step and encodes it with the frozen encoder
+            (one encoder pass over the batch's frames per step), so the swap form sees a new colour
+            change of each sequence each time. Without the cache every copy is fresh.
         augmentation_time: For the "swap" form: the copy's frames in the "same" order, or "reverse"d, or
             "roll"ed by a random 1..T−1 frames per row, so that each static code is also drawn under
             dynamics other than its own (sdcd.augmentation.swap_term).
@@ -133,6 +139,7 @@ class SDCD(SequentialModule):
         lowpass_weight: float = 0.0, lowpass_kernel: int = 4,
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", augmentation_gamma_spread: float = 3.0,
+        augmentation_copies: str = "fixed",
         augmentation_time: str = "same", cycle_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99,
@@ -141,7 +148,7 @@ class SDCD(SequentialModule):
     ):
         super().__init__()
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
-                               "augmentation_time": AUGMENTATION_TIMES,
+                               "augmentation_time": AUGMENTATION_TIMES, "augmentation_copies": AUGMENTATION_COPIES,
                                "cycle_reader": CYCLE_READERS, "cycle_form": CYCLE_FORMS,
                                "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature", "lowpass_kernel"),
@@ -261,7 +268,7 @@ class SDCD(SequentialModule):
     def cached_features(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage 2: feature means (B, T, D) of rows `index` of `split` (and of their colour-permuted copies)."""
         hp = self.hparams
-        copy = self.colour_copy if hp.augmentation_weight > 0 else None
+        copy = self.colour_copy if hp.augmentation_weight > 0 and hp.augmentation_copies == "fixed" else None
         return self.feature_cache.get(self, self.trainer.datamodule, split, index, copy)
 
     def colour_copy(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
