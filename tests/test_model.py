@@ -62,6 +62,10 @@ def test_two_stage_recipe_through_the_cli(in_tmp):
     flow_changed = [not torch.equal(state[k], ae[k]) for k in ae if k.startswith("flow.")]
     assert any(flow_changed)  # while the flow trained
     assert state["appearance_subspace.cov"].abs().sum() > 0  # the cycle reader's subspace, saved for a resume
+    fresh = main(["fit", *TINY, "--model.stage=disentangle", f"--model.autoencoder_checkpoint={ae_ckpt}",
+                  "--trainer.max_steps=2", "--model.augmentation_weight=1.0", "--model.augmentation_copies=fresh"])
+    assert "train/augmentation" in fresh.trainer.callback_metrics
+    assert fresh.model.cached_features("train", torch.tensor([0, 5]))[1] is None  # no copy cached: drawn per step
 
 
 def test_disentangle_stage_needs_an_autoencoder_checkpoint(tiny_model_kwargs, tmp_path):

@@ -8,8 +8,9 @@ static encoder and the flow. So the paper's objective can also be trained in two
   figure's "fixed encoder") and trains the static encoder, static prior, flow and LSTM prior. Its
   steps skip the decoder and every conv backward pass; with `model.feature_cache` (default) the frozen
   feature means of the whole training split are computed once, at the first step (and of one
-  colour-changed copy of each sequence, fixed per sequence, when the augmentation term is on), and
-  each step adds the unit feature noise to its rows, so no pixel is read again.
+  colour-changed copy of each sequence, fixed per sequence, when the augmentation term is on with
+  `augmentation_copies=fixed`), and each step adds the unit feature noise to its rows, so no pixel is
+  read again (with "fresh" copies, only the copies are encoded, at every step).
 
 `stage=joint` (default) trains everything at once, as the paper does.
 """
