@@ -63,8 +63,6 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
     ("lpc_swap_cpu", "lpc_swap_gamma_cpu", {  # the gamma copies and β = 80
         "model.init_args.kl_weight": 80.0, "model.init_args.augmentation_colours": "gamma",
         "model.init_args.augmentation_gamma_spread": 3.0}),
-    ("lpc_swap_gamma_cpu", "lpc_swap_gamma_fresh_cpu", {  # a fresh colour copy at every step
-        "model.init_args.augmentation_copies": "fresh"}),
     ("lpc_autoencoder_cpu", "lpc_autoencoder_lowpass_cpu", {  # longer, lr decay, low-frequency term, 2 frames
         "trainer.max_epochs": 25, "model.init_args.lr_decay_start": 4005, "model.init_args.lr_decay_steps": 2670,
         "model.init_args.lowpass_weight": 10.0, "model.init_args.lowpass_kernel": 4,
