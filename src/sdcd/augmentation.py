@@ -151,13 +151,13 @@ def augmented_features(model, x: torch.Tensor, e: torch.Tensor, cached: tuple | 
     (detached) noisy features e. With stage 2's cache the copy's features get the same feature noise as
     e: its row's cached copy (`augmentation_copies=fixed`), or a copy drawn and encoded now ("fresh").
     Without the cache the copy is encoded afresh, with fresh noise."""
-    if cached is not None:
-        if cached[1] is not None:
-            return cached[1] + (e - cached[0])
-        with torch.no_grad():
-            return model.frame_features(model.colour_copy(x), noise=False).float() + (e - cached[0])
+    if cached is not None and cached[1] is not None:
+        return cached[1] + (e - cached[0])
     with torch.no_grad():  # the copy trains the disentanglement part only
-        return model.frame_features(model.colour_copy(x))
+        copy = model.colour_copy(x)
+        if cached is None:
+            return model.frame_features(copy)
+        return model.frame_features(copy, noise=False).float() + (e - cached[0])
 
 
 def colour_augmentation(model, e: torch.Tensor, e_aug: torch.Tensor) -> torch.Tensor:

@@ -266,7 +266,8 @@ class SDCD(SequentialModule):
         return terms
 
     def cached_features(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Stage 2: feature means (B, T, D) of rows `index` of `split` (and of their colour-permuted copies)."""
+        """Stage 2: feature means (B, T, D) of rows `index` of `split`, and of their cached colour-changed
+        copies (None unless the augmentation term is on with `augmentation_copies=fixed`)."""
         hp = self.hparams
         copy = self.colour_copy if hp.augmentation_weight > 0 and hp.augmentation_copies == "fixed" else None
         return self.feature_cache.get(self, self.trainer.datamodule, split, index, copy)
