@@ -73,7 +73,7 @@ sweep-local: $(STAMP) check-sweep ## Run a sweep's grid here, no W&B server: mak
 reproduce-cpu: $(STAMP) ## Sprites on a CPU end to end: judge, autoencoder, shuffle (SEEDS="0 1 2"), no-shuffle, protocol, table
 	PY=$(PY) bash experiments/reproduce_cpu.sh
 
-sprites-hour: $(STAMP) ## Sprites' best CPU split in under an hour (NOT the paper's method): judge, lpc_autoencoder_lowpass_cpu, lpc_swap_gamma_cpu, protocol, table
+sprites-hour: $(STAMP) ## Sprites' best CPU split in under an hour (NOT the paper's method): judge, lpc_autoencoder_lowpass_n25_cpu, lpc_swap_gamma_n25_cpu, protocol, table
 	RECIPE=hour PY=$(PY) bash experiments/reproduce_cpu.sh
 
 baselines-cpu: $(STAMP) ## SDCD (shuffle / no shuffle), DSVAE, DBSE on Moving dSprites cond & simple, 2 seeds: one table + plot

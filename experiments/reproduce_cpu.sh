@@ -15,13 +15,13 @@
 # JUDGE_ARGS to the judge's training, EVAL_ARGS to every evaluation (e.g. a smoke run on a few characters:
 # AE_ARGS/ARGS/JUDGE_ARGS="--data.n_characters=20 --data.val_characters=2 ...").
 # AE_EXP and SHUFFLE_EXP name the configs of steps 2 and 3 (default lpc_autoencoder_cpu, lpc_shuffle_cpu).
-# RECIPE=hour (`make sprites-hour`) changes the defaults to the one-hour recipe: lpc_autoencoder_lowpass_cpu,
-# then lpc_swap_gamma_cpu (NOT the paper's method), seed 42, no no-shuffle run, no baselines, in
+# RECIPE=hour (`make sprites-hour`) changes the defaults to the one-hour recipe: lpc_autoencoder_lowpass_n25_cpu,
+# then lpc_swap_gamma_n25_cpu (NOT the paper's method), seed 42, no no-shuffle run, no baselines, in
 # runs/sprites-hour; any of these set explicitly still wins.
 set -euo pipefail
 case ${RECIPE:-} in
   "") ;;
-  hour) : "${AE_EXP:=lpc_autoencoder_lowpass_cpu}" "${SHUFFLE_EXP:=lpc_swap_gamma_cpu}" "${SEEDS:=42}" \
+  hour) : "${AE_EXP:=lpc_autoencoder_lowpass_n25_cpu}" "${SHUFFLE_EXP:=lpc_swap_gamma_n25_cpu}" "${SEEDS:=42}" \
           "${OUT:=runs/sprites-hour}" "${NOSHUFFLE_SEEDS=}" "${BASELINES=}" ;;
   *) echo "reproduce-cpu: RECIPE='$RECIPE': expected hour (or unset)" >&2; exit 2 ;;
 esac

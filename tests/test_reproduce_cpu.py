@@ -58,16 +58,18 @@ def test_an_unknown_stage_config_is_one_line_naming_it(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHEETS.is_dir(), reason=f"LPC sprite sheets not found at {SHEETS}")
 def test_the_one_hour_recipe_runs_its_own_stage_configs_only(tmp_path):
-    """`make sprites-hour`: the low-pass stage 1 and the gamma stage 2, one seed, nothing else."""
+    """`make sprites-hour`: the low-pass stage 1 and the gamma stage 2 at feature noise 0.25, one seed, nothing else."""
     env = smoke_env(tmp_path, RECIPE="hour")  # what the Makefile's sprites-hour target sets
     out = subprocess.run(["bash", "experiments/reproduce_cpu.sh"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ae_config = (tmp_path / "out" / "autoencoder" / "config.yaml").read_text()
     assert "lowpass_weight: 10.0" in ae_config and "autoencoder_frames: 2" in ae_config
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["autoencoder", "lpc_swap_gamma_cpu"]
+    assert "feature_noise: 0.25" in ae_config
+    runs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert runs == ["autoencoder", "lpc_swap_gamma_n25_cpu"]
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| lpc_swap_gamma_cpu | 1 |" in table and "swap/acc/static" in table
+    assert "| lpc_swap_gamma_n25_cpu | 1 |" in table and "swap/acc/static" in table
 
 
 def test_an_unknown_recipe_is_one_line_naming_it(tmp_path):
