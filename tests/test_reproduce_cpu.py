@@ -66,8 +66,8 @@ def test_the_one_hour_recipe_runs_its_own_stage_configs_only(tmp_path):
     ae_config = (tmp_path / "out" / "autoencoder" / "config.yaml").read_text()
     assert "lowpass_weight: 10.0" in ae_config and "autoencoder_frames: 2" in ae_config
     assert "feature_noise: 0.25" in ae_config
-    runs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
-    assert runs == ["autoencoder", "lpc_swap_gamma_n25_cpu"]
+    stages = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert stages == ["autoencoder", "lpc_swap_gamma_n25_cpu"]
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| lpc_swap_gamma_n25_cpu | 1 |" in table and "swap/acc/static" in table
 
