@@ -7,6 +7,8 @@ from sdcd.augmentation import (
     augment_colours,
     augmentation_term,
     augmented_features,
+    colour_augmentation,
+    feature_variance,
     permute_and_gamma,
     permute_colours,
     random_gains,
@@ -82,6 +84,30 @@ def test_swap_term_is_small_for_identical_copies_large_for_strangers_and_trains_
     strangers.backward()
     assert all(p.grad is not None for p in model.static_encoder.parameters())
     assert any(p.grad is not None for p in model.flow.parameters())
+
+
+def test_normalised_swap_term_is_divided_by_the_batch_feature_variance_and_logged(tiny_model_kwargs):
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, augmentation_weight=1.0, augmentation_loss="swap",
+                 augmentation_normalise=True).eval()
+    e = 3 * torch.randn(8, 4, 16)
+    e_aug = e + 0.5 * torch.randn_like(e)
+    variance = torch.stack([e[:, :, d].flatten().var() for d in range(16)]).mean()  # over all B·T frames
+    torch.testing.assert_close(feature_variance(e), variance)
+    torch.manual_seed(1)
+    got = colour_augmentation(model, e, e_aug)
+    torch.manual_seed(1)  # the same draws of f
+    torch.testing.assert_close(got, swap_term(model, e, e_aug) / variance)
+    # 10× larger features: the raw term grows about 100×, the normalised one stays in the same units
+    assert feature_variance(10 * e) / feature_variance(e) == pytest.approx(100, rel=1e-4)
+    model.train()
+    terms = model.loss_terms(torch.rand(8, 4, 3, 32, 32), shuffle=True)
+    assert terms["feature_variance"] > 0 and torch.isfinite(terms["augmentation"])
+    assert "feature_variance" not in SDCD(**tiny_model_kwargs, augmentation_weight=1.0,
+                                           augmentation_loss="swap").train().loss_terms(
+        torch.rand(8, 4, 3, 32, 32), shuffle=True)
+    with pytest.raises(ValueError, match="model.augmentation_normalise=true scales the swap form only"):
+        SDCD(**tiny_model_kwargs, augmentation_weight=1.0, augmentation_loss="mse", augmentation_normalise=True)
 
 
 def test_time_order_reverses_or_rolls_each_row_and_never_keeps_the_order():

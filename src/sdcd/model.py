@@ -24,6 +24,7 @@ from sdcd.augmentation import (
     augment_colours,
     augmented_features,
     colour_augmentation,
+    feature_variance,
 )
 from sdcd.autoencoder import FrameDecoder, FrameEncoder, lowpass_sse
 from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, AppearanceSubspace, check_cycle_args, swap_cycle_term
@@ -95,6 +96,10 @@ class SDCD(SequentialModule):
             "fresh" draws a new copy of each row at every step and encodes it with the frozen encoder
             (one encoder pass over the batch's frames per step), so the swap form sees a new colour
             change of each sequence each time. Without the cache every copy is fresh.
+        augmentation_normalise: For the "swap" form: divide it by the batch features' mean per-dimension
+            variance (sdcd.augmentation.feature_variance; logged as train/feature_variance), so that one
+            weight means the same on any stage-1 autoencoder. Weight w with it acts like w / v without,
+            v being that variance (about 107 at unit feature noise, 13 at 0.25 on the one-hour stage 1).
         augmentation_time: For the "swap" form: the copy's frames in the "same" order, or "reverse"d, or
             "roll"ed by a random 1..T−1 frames per row, so that each static code is also drawn under
             dynamics other than its own (sdcd.augmentation.swap_term).
@@ -139,7 +144,7 @@ class SDCD(SequentialModule):
         lowpass_weight: float = 0.0, lowpass_kernel: int = 4,
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", augmentation_gamma_spread: float = 3.0,
-        augmentation_copies: str = "fixed",
+        augmentation_copies: str = "fixed", augmentation_normalise: bool = False,
         augmentation_time: str = "same", cycle_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99,
@@ -159,6 +164,10 @@ class SDCD(SequentialModule):
         if augmentation_time != "same" and augmentation_loss != "swap":
             raise ValueError(f"model.augmentation_time={augmentation_time} re-orders the copy for the swap form "
                              f"only: needs model.augmentation_loss=swap, got {augmentation_loss}")
+        if augmentation_normalise and augmentation_loss != "swap":
+            raise ValueError(f"model.augmentation_normalise=true scales the swap form only (the others compare "
+                             f"dynamic codes, not features): needs model.augmentation_loss=swap, "
+                             f"got {augmentation_loss}")
         if augmentation_gamma_spread < 1:
             raise ValueError(f"model.augmentation_gamma_spread={augmentation_gamma_spread} must be ≥ 1 "
                              f"(the powers are log-uniform in [1/spread, spread])")
@@ -238,6 +247,8 @@ class SDCD(SequentialModule):
         if hp.augmentation_weight > 0 and self.training:  # a named departure (sdcd.augmentation)
             e_aug = augmented_features(self, x, e.detach(), cached)
             terms["augmentation"] = colour_augmentation(self, e.detach(), e_aug)
+            if hp.augmentation_normalise:  # what the swap term was divided by: the features' scale
+                terms["feature_variance"] = feature_variance(e.detach())
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         if hp.cycle_weight > 0 and self.training:  # a named departure (sdcd.cycle)
             terms["cycle"] = swap_cycle_term(self, e.detach(), e_aug)
