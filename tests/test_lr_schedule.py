@@ -59,3 +59,28 @@ def test_bad_schedule_arguments():
         SDCD(n_frames=4, frame_size=16, base_channels=4, latent_dim=8, lr_decay_steps=-1)
     with pytest.raises(ValueError, match="model.lr_final must be ≥ 0"):
         SDCD(n_frames=4, frame_size=16, base_channels=4, latent_dim=8, lr_final=-0.5)
+
+
+def test_judge_training_follows_the_schedule(in_tmp):
+    # the judge takes the same cosine decay (model.lr_decay_*), keyed on global_step
+    from sdcd.cli import main
+
+    cli = main(["--config", "tests/configs/tiny_judge.yaml", "--trainer.max_epochs=2",
+                "--data.n_train=64", "--data.n_val=16", "--data.n_test=16", "--data.batch_size=16",
+                "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--model.judge_path=null",
+                "--model.bn_batches=0", "--model.test_after_fit=false", "--model.lr_decay_start=2",
+                "--model.lr_decay_steps=4", "--model.lr_final=0.1"], run=False)
+    lrs = LRs()
+    cli.trainer.callbacks.append(lrs)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert sorted(lrs.seen) == list(range(8))
+    for step, value in lrs.seen.items():
+        assert value == pytest.approx(scheduled_lr(step, 1e-3, 2, 4, 0.1)), step
+    assert lrs.seen[7] == pytest.approx(1e-4)
+
+
+def test_bad_judge_schedule_arguments():
+    from sdcd.judge_training import JudgeModule
+
+    with pytest.raises(ValueError, match="model.lr_decay_start and model.lr_decay_steps must be >= 0"):
+        JudgeModule(lr_decay_steps=-1)
