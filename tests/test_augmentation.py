@@ -103,8 +103,11 @@ def test_normalised_swap_term_is_divided_by_the_batch_feature_variance_and_logge
     model.train()
     terms = model.loss_terms(torch.rand(8, 4, 3, 32, 32), shuffle=True)
     assert terms["feature_variance"] > 0 and torch.isfinite(terms["augmentation"])
-    assert "feature_variance" not in SDCD(**tiny_model_kwargs, augmentation_weight=1.0,
-                                           augmentation_loss="swap").train().loss_terms(
+    # logged with the raw term too (a raw weight is relative to it), and not without the term
+    assert "feature_variance" in SDCD(**tiny_model_kwargs, augmentation_weight=1.0,
+                                      augmentation_loss="swap").train().loss_terms(
+        torch.rand(8, 4, 3, 32, 32), shuffle=True)
+    assert "feature_variance" not in SDCD(**tiny_model_kwargs).train().loss_terms(
         torch.rand(8, 4, 3, 32, 32), shuffle=True)
     with pytest.raises(ValueError, match="model.augmentation_normalise=true scales the swap form only"):
         SDCD(**tiny_model_kwargs, augmentation_weight=1.0, augmentation_loss="mse", augmentation_normalise=True)

@@ -97,7 +97,8 @@ class SDCD(SequentialModule):
             (one encoder pass over the batch's frames per step), so the swap form sees a new colour
             change of each sequence each time. Without the cache every copy is fresh.
         augmentation_normalise: For the "swap" form: divide it by the batch features' mean per-dimension
-            variance (sdcd.augmentation.feature_variance; logged as train/feature_variance), so that one
+            variance (sdcd.augmentation.feature_variance; logged as train/feature_variance whenever the
+            colour term is on), so that one
             weight means the same on any stage-1 autoencoder. Weight w with it acts like w / v without,
             v being that variance (about 107 at unit feature noise, 13 at 0.25 on the one-hour stage 1).
         augmentation_time: For the "swap" form: the copy's frames in the "same" order, or "reverse"d, or
@@ -247,8 +248,9 @@ class SDCD(SequentialModule):
         if hp.augmentation_weight > 0 and self.training:  # a named departure (sdcd.augmentation)
             e_aug = augmented_features(self, x, e.detach(), cached)
             terms["augmentation"] = colour_augmentation(self, e.detach(), e_aug)
-            if hp.augmentation_normalise:  # what the swap term was divided by: the features' scale
-                terms["feature_variance"] = feature_variance(e.detach())
+            # the features' scale, logged whenever the term is on: a raw swap weight means something only
+            # relative to it (augmentation_normalise divides the swap form by it)
+            terms["feature_variance"] = feature_variance(e.detach())
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
         if hp.cycle_weight > 0 and self.training:  # a named departure (sdcd.cycle)
             terms["cycle"] = swap_cycle_term(self, e.detach(), e_aug)
