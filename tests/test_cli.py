@@ -67,10 +67,12 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
         "trainer.max_epochs": 25, "model.init_args.lr_decay_start": 4005, "model.init_args.lr_decay_steps": 2670,
         "model.init_args.lowpass_weight": 10.0, "model.init_args.lowpass_kernel": 4,
         "model.init_args.autoencoder_frames": 2}),
-    ("lpc_autoencoder_lowpass_cpu", "lpc_autoencoder_lowpass_n25_cpu", {  # less feature noise
-        "model.init_args.feature_noise": 0.25}),
-    ("lpc_swap_gamma_cpu", "lpc_swap_gamma_n25_cpu", {  # its noise, and the swap weight scaled to its features
-        "model.init_args.feature_noise": 0.25, "model.init_args.augmentation_weight": 80.0}),
+    ("lpc_autoencoder_lowpass_cpu", "lpc_autoencoder_lowpass_n25_cpu", {  # less feature noise, 40 epochs
+        "model.init_args.feature_noise": 0.25, "trainer.max_epochs": 40, "model.init_args.lr_decay_start": 6675,
+        "model.init_args.lr_decay_steps": 4005}),
+    ("lpc_swap_gamma_cpu", "lpc_swap_gamma_n25_cpu", {  # its noise, the swap weight scaled to its features, longer
+        "model.init_args.feature_noise": 0.25, "model.init_args.augmentation_weight": 80.0,
+        "trainer.max_steps": 4500}),
 ])
 def test_each_derived_cpu_config_is_its_base_recipe_plus_its_change_only(base_name, name, change):
     """experiments/<name>.yaml = <base_name>.yaml with the values of `change` (dotted paths) and nothing else."""
