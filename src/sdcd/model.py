@@ -98,9 +98,9 @@ class SDCD(SequentialModule):
             change of each sequence each time. Without the cache every copy is fresh.
         augmentation_normalise: For the "swap" form: divide it by the batch features' mean per-dimension
             variance (sdcd.augmentation.feature_variance; logged as train/feature_variance whenever the
-            colour term is on), so that one
-            weight means the same on any stage-1 autoencoder. Weight w with it acts like w / v without,
-            v being that variance (about 107 at unit feature noise, 13 at 0.25 on the one-hour stage 1).
+            colour term is on), so that one weight means the same on any stage-1 autoencoder. Weight w
+            with it acts like w / v without, v being that variance (about 107 at unit feature noise, 13 at
+            0.25 on the one-hour stage 1).
         augmentation_time: For the "swap" form: the copy's frames in the "same" order, or "reverse"d, or
             "roll"ed by a random 1..T−1 frames per row, so that each static code is also drawn under
             dynamics other than its own (sdcd.augmentation.swap_term).
