@@ -43,10 +43,11 @@ def test_make_eval_writes_metrics_into_the_run_dir(in_tmp):
         assert 0.0 <= data["metrics"][f"{test}/acc/static"]["mean"] <= 1.0
         assert data["metrics"][f"{test}/n/sequences"]["mean"] == 32  # the whole tiny test split
     assert "| swap | acc/static |" in (run_dir / "metrics.md").read_text()
-    for code in ("f", "lam"):  # the linear probes, fit on train codes, scored on test
+    for code in ("f", "lam", "f_sample"):  # the linear probes, fit on train codes, scored on test
         for f in cli.datamodule.factors:
             assert 0.0 <= data["metrics"][f"probe/{code}/{f.name}"]["mean"] <= 1.0
     assert "| from the static code f |" in (run_dir / "metrics.md").read_text()
+    assert "| from a sample of q(f|x) |" in (run_dir / "metrics.md").read_text()
     assert 0.0 <= data["metrics"]["sample_dynamics_mean/acc/static"]["mean"] <= 1.0
     assert (run_dir / "pictures" / "swap_test.png").is_file()  # the pictures land there too
 

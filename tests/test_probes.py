@@ -46,3 +46,23 @@ def test_probes_find_what_each_code_holds():
     assert res["probe/f/colour"] == 1.0 and res["probe/f/action"] == 1.0  # the leak is found
     assert res["probe/lam/action"] == 1.0
     assert res["probe/lam/colour"] < 0.4  # λ knows nothing of the colour: chance is 0.25
+
+
+class BelowNoise(Leaky):
+    """f's mean holds the action 100 times below the posterior's noise; a sample of f does not."""
+
+    def encode(self, x, mean=False):
+        codes = super().encode(x, mean)
+        f = torch.cat([codes.f[:, :4], 0.01 * codes.f[:, 4:]], 1)
+        if not mean:
+            f = f + torch.cat([torch.zeros_like(f[:, :4]), torch.randn_like(f[:, 4:])], 1)
+        return Codes(f=f, f_mean=f, lam=codes.lam, features=x)
+
+
+def test_sample_probe_separates_a_trace_below_the_noise():
+    torch.manual_seed(0)
+    res = linear_probes(BelowNoise(), Labelled())
+    assert res["probe/f/action"] == 1.0  # the posterior mean holds it, however small
+    assert res["probe/f_sample/action"] < 0.45  # a sample does not transmit it: chance is 1/3
+    assert res["probe/f_sample/colour"] == 1.0  # what f holds above its noise is read from a sample too
+    assert res["probe/f_sample/colour"] == res["probe/f/colour"]

@@ -136,12 +136,16 @@ def per_factor_table(results: dict[str, dict[str, float]], factors) -> str:
 
 
 def probe_table(results: dict[str, dict[str, float]], factors) -> str:
-    """Linear-probe accuracy of every factor from f and from the time-mean of λ (Markdown), or ""."""
+    """Linear-probe accuracy of every factor from f (mean, sample) and the time-mean of λ (Markdown), or ""."""
     if f"probe/f/{factors[0].name}" not in results:
         return ""
     lines = ["| linear probe (train → test) | " + " | ".join(f.name for f in factors) + " |",
              "| --- |" + " ---: |" * len(factors)]
-    for code, what in (("f", "from the static code f"), ("lam", "from the time-mean of λ")):
+    rows = [("f", "from the static code f"), ("lam", "from the time-mean of λ"),
+            ("f_sample", "from a sample of q(f|x)")]
+    for code, what in rows:
+        if f"probe/{code}/{factors[0].name}" not in results:  # f_sample: metrics written before it existed
+            continue
         cells = [f"{100 * results[f'probe/{code}/{f.name}']['mean']:.2f}%" for f in factors]
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
