@@ -72,7 +72,7 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
         "model.init_args.lr_decay_steps": 4005}),
     ("lpc_swap_gamma_cpu", "lpc_swap_gamma_n25_cpu", {  # its noise, the swap weight scaled to its features, longer
         "model.init_args.feature_noise": 0.25, "model.init_args.augmentation_weight": 80.0,
-        "trainer.max_steps": 4500}),
+        "trainer.max_steps": 7500, "model.init_args.lr_decay_start": 4500, "model.init_args.lr_decay_steps": 3000}),
 ])
 def test_each_derived_cpu_config_is_its_base_recipe_plus_its_change_only(base_name, name, change):
     """experiments/<name>.yaml = <base_name>.yaml with the values of `change` (dotted paths) and nothing else."""
