@@ -9,8 +9,9 @@
 #   6. one Markdown table, mean ± std over seeds: <folder>/table.md, and its plot <folder>/plot.png
 # Run dirs: <folder>/autoencoder, <folder>/lpc_shuffle_cpu/seed<N>, <folder>/lpc_noshuffle_cpu/seed<N>,
 # <folder>/lpc_dsvae_cpu/seed<N>, <folder>/lpc_dbse_cpu/seed<N>.
-# A step whose result exists is skipped, and an interrupted run resumes from its last.ckpt, so
-# running it again continues where it stopped. SEEDS="0 1 2" and OUT=<folder> override the defaults;
+# A step whose result exists is skipped, and an interrupted run resumes from its newest last*.ckpt (the
+# epoch-end last.ckpt or a mid-epoch last-v1.ckpt), so running it again continues where it stopped.
+# SEEDS="0 1 2" and OUT=<folder> override the defaults;
 # ARGS are passed to every stage-2 training run (e.g. ARGS="--trainer.max_steps=500"), AE_ARGS to stage 1,
 # JUDGE_ARGS to the judge's training, EVAL_ARGS to every evaluation (e.g. a smoke run on a few characters:
 # AE_ARGS/ARGS/JUDGE_ARGS="--data.n_characters=20 --data.val_characters=2 ...").
@@ -44,11 +45,21 @@ read -r -a JUDGE_EXTRA <<< "${JUDGE_ARGS:-}"
 mkdir -p "$OUT"
 log() { echo "reproduce-cpu: $*"; }
 
+last_ckpt() {  # last_ckpt <run dir>: its newest last.ckpt or last-v<N>.ckpt, or nothing (configs with a
+  # mid-epoch ModelCheckpoint write last-v1.ckpt every few hundred steps beside the epoch-end last.ckpt)
+  local f newest=""
+  for f in "$1"/checkpoints/last.ckpt "$1"/checkpoints/last-v*.ckpt; do
+    if [ -f "$f" ] && { [ -z "$newest" ] || [ "$f" -nt "$newest" ]; }; then newest=$f; fi
+  done
+  echo "$newest"
+}
+
 fit() {  # fit <run dir> <config> [args...]: train into an exact run dir, resuming if it was interrupted
   local dir=$1 cfg=$2; shift 2
-  local resume=()
+  local resume=() last
   if [ -f "$dir/done" ]; then log "$dir: done, skipped"; return; fi
-  if [ -f "$dir/checkpoints/last.ckpt" ]; then resume=(--ckpt_path "$dir/checkpoints/last.ckpt"); fi
+  last=$(last_ckpt "$dir")
+  if [ -n "$last" ]; then log "$dir: resuming from $last"; resume=(--ckpt_path "$last"); fi
   log "training $dir ($cfg)"
   SDCD_RUN_DIR=$dir "$PY" -m sdcd fit --config "$cfg" "$@" "${resume[@]}"
   touch "$dir/done"
@@ -59,7 +70,7 @@ evaluate() {  # evaluate <run dir>: the full protocol on the test split → <run
   if [ -f "$dir/metrics.json" ]; then log "$dir: evaluated, skipped"; return; fi
   # its own run dir (under runs/), so the training run's metrics.csv is kept; the evaluation writes
   # metrics.json/.md into the checkpoint's run dir
-  "$PY" -m sdcd test --config "$dir/config.yaml" --ckpt_path "$dir/checkpoints/last.ckpt" \
+  "$PY" -m sdcd test --config "$dir/config.yaml" --ckpt_path "$(last_ckpt "$dir")" \
     --evaluation.judge_path="$JUDGE" "${EVAL_EXTRA[@]}"
 }
 
@@ -68,7 +79,7 @@ if [ ! -f "$JUDGE" ]; then
   "$PY" -m sdcd fit --config experiments/judge_sprites_cpu.yaml --model.judge_path="$JUDGE" "${JUDGE_EXTRA[@]}"
 fi
 fit "$OUT/autoencoder" "experiments/$AE_EXP.yaml" "${AE_EXTRA[@]}"
-AE="$OUT/autoencoder/checkpoints/last.ckpt"
+AE=$(last_ckpt "$OUT/autoencoder")
 for seed in $SEEDS; do
   fit "$OUT/$SHUFFLE_EXP/seed$seed" "experiments/$SHUFFLE_EXP.yaml" --seed_everything="$seed" \
     --model.autoencoder_checkpoint="$AE" --evaluation.judge_path="$JUDGE" "${EXTRA[@]}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ from sdcd.checkpointing import (
     check_checkpoint,
     keep_previous_metrics,
     load_checkpoint_for_check,
+    newest_last,
     resolve_ckpt_path,
 )
 from sdcd.data_modules import base
@@ -299,6 +301,23 @@ def test_resolve_ckpt_path(tmp_path):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), "tiny")
     with pytest.raises(FileNotFoundError, match="has no checkpoints/last.ckpt"):
         resolve_ckpt_path(str(tmp_path / "other"), "tiny")
+
+
+def test_last_means_the_newer_of_the_epoch_end_and_the_mid_epoch_last_checkpoint(tmp_path):
+    """Two ModelCheckpoints with save_last write last.ckpt and last-v1.ckpt; an interrupted run stopped at
+    the newer one, whichever it is."""
+    run = tmp_path / "tiny" / "20240101-000000-aaaa"
+    epoch_end = Path(make_run(tmp_path, "tiny", run.name, 1_000))
+    mid_epoch = epoch_end.with_name("last-v1.ckpt")
+    mid_epoch.write_bytes(b"x")
+    os.utime(mid_epoch, (2_000, 2_000))
+    (epoch_end.parent / "last-ish.ckpt").write_bytes(b"x")  # not one of Lightning's names: ignored
+    for value in ("last", str(run), str(run / "checkpoints")):
+        assert resolve_ckpt_path(value, "tiny", tmp_path) == str(mid_epoch), value
+    assert resolve_ckpt_path("last", "tiny", tmp_path, run_dir=run) == str(mid_epoch)
+    os.utime(epoch_end, (3_000, 3_000))  # an epoch ended after the last mid-epoch save
+    assert resolve_ckpt_path("last", "tiny", tmp_path) == str(epoch_end)
+    assert newest_last(run / "checkpoints") == epoch_end and newest_last(tmp_path) is None
 
 
 def test_keep_previous_metrics_renames_instead_of_letting_the_logger_delete(tmp_path):

@@ -79,3 +79,32 @@ def test_an_unknown_recipe_is_one_line_naming_it(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "reproduce-cpu: RECIPE='day': expected hour (or unset)"
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_run_resumes_from_its_newest_last_checkpoint(tmp_path):
+    """A config with a mid-epoch ModelCheckpoint writes last-v1.ckpt every few hundred steps beside the
+    epoch-end last.ckpt; an interrupted run must resume from whichever is newer, and the protocol must score
+    the newest. The script's Python is a stand-in that records each call, so no model is trained."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    out_dir, judge = tmp_path / "out", tmp_path / "judge.pt"
+    judge.write_bytes(b"")  # present: not trained
+    stage2 = out_dir / "lpc_swap_gamma_n25_cpu" / "seed42" / "checkpoints"
+    stage1 = out_dir / "autoencoder" / "checkpoints"
+    for ckpts, newer in ((stage1, "last.ckpt"), (stage2, "last-v1.ckpt")):
+        ckpts.mkdir(parents=True)
+        older = "last-v1.ckpt" if newer == "last.ckpt" else "last.ckpt"
+        (ckpts / older).write_bytes(b"")
+        (ckpts / newer).write_bytes(b"")
+        os.utime(ckpts / older, (1_000_000, 1_000_000))  # written long before the other
+    env = {**os.environ, "PY": str(fake), "OUT": str(out_dir), "JUDGE": str(judge), "RECIPE": "hour"}
+    out = subprocess.run(["bash", "experiments/reproduce_cpu.sh"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    fit_ae, fit_s2, test_s2 = calls.read_text().splitlines()[:3]
+    assert fit_ae.startswith("-m sdcd fit") and fit_ae.endswith(f"--ckpt_path {stage1 / 'last.ckpt'}")
+    assert f"--model.autoencoder_checkpoint={stage1 / 'last.ckpt'}" in fit_s2
+    assert fit_s2.endswith(f"--ckpt_path {stage2 / 'last-v1.ckpt'}")
+    assert test_s2.startswith("-m sdcd test") and f"--ckpt_path {stage2 / 'last-v1.ckpt'}" in test_s2

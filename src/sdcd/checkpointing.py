@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -181,11 +182,17 @@ def load_checkpoint_for_check(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
+def newest_last(folder: str | os.PathLike) -> Path | None:
+    """The newest `last.ckpt` or `last-v<N>.ckpt` in `folder`, or None. A config with two ModelCheckpoints
+    (one at epoch ends, one every few hundred steps for mid-epoch resumes) gets `last.ckpt` and Lightning's
+    versioned `last-v1.ckpt`; after an interruption the newer of the two is where the run stopped."""
+    found = [p for p in Path(folder).glob("last*.ckpt")
+             if p.is_file() and (p.stem == "last" or re.fullmatch(r"last-v\d+", p.stem))]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def _last_in(folder: Path) -> Path | None:
-    for candidate in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return newest_last(folder / "checkpoints") or newest_last(folder)
 
 
 def resolve_ckpt_path(value: str | None, experiment: str, root: str | os.PathLike = "runs",
@@ -195,7 +202,8 @@ def resolve_ckpt_path(value: str | None, experiment: str, root: str | os.PathLik
     - None: None.
     - "last": with `run_dir` (a run directory fixed in advance, `SDCD_RUN_DIR`: a SLURM or torchrun
       job, DDP children), that run's `checkpoints/last.ckpt`; else the `checkpoints/last.ckpt` of the
-      run of `experiment` under `root` written most recently (runs/<experiment>/*/checkpoints/). With
+      run of `experiment` under `root` written most recently (runs/<experiment>/*/checkpoints/). "last.ckpt"
+      here and below is the newest of `last.ckpt` and a mid-epoch `last-v<N>.ckpt` (`newest_last`). With
       none, `fit` starts from scratch (so "last" can stay in a job script that is requeued) and other
       stages raise.
     - a run directory (or its `checkpoints/` folder): its last.ckpt.
@@ -208,7 +216,7 @@ def resolve_ckpt_path(value: str | None, experiment: str, root: str | os.PathLik
         return value
     if value == "last":
         where = Path(run_dir) if run_dir else Path(root) / experiment / "*"
-        found = [p for p in where.parent.glob(f"{where.name}/checkpoints/last.ckpt") if p.is_file()]
+        found = [p for d in where.parent.glob(where.name) if (p := newest_last(d / "checkpoints"))]
         if found:
             return str(max(found, key=lambda p: p.stat().st_mtime))
         if stage == "fit":
