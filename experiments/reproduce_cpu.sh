@@ -9,8 +9,8 @@
 #   6. one Markdown table, mean ± std over seeds: <folder>/table.md, and its plot <folder>/plot.png
 # Run dirs: <folder>/autoencoder, <folder>/lpc_shuffle_cpu/seed<N>, <folder>/lpc_noshuffle_cpu/seed<N>,
 # <folder>/lpc_dsvae_cpu/seed<N>, <folder>/lpc_dbse_cpu/seed<N>.
-# A step whose result exists is skipped, and an interrupted run resumes from its newest last*.ckpt (the
-# epoch-end last.ckpt or a mid-epoch last-v1.ckpt), so running it again continues where it stopped.
+# A step whose result exists is skipped, and an interrupted run resumes from the newer of its
+# epoch-end last.ckpt and mid-epoch last-v1.ckpt (last_ckpt), so running it again continues where it stopped.
 # SEEDS="0 1 2" and OUT=<folder> override the defaults;
 # ARGS are passed to every stage-2 training run (e.g. ARGS="--trainer.max_steps=500"), AE_ARGS to stage 1,
 # JUDGE_ARGS to the judge's training, EVAL_ARGS to every evaluation (e.g. a smoke run on a few characters:
