@@ -20,7 +20,8 @@ time_to_accuracy = importlib.import_module("time_to_accuracy")
 
 
 @pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py", "swap_errors.py",
-                                    "appearance_subspace.py", "static_separation.py", "probe_codes.py"])
+                                    "appearance_subspace.py", "static_separation.py", "probe_codes.py",
+                                    "ceiling.py"])
 def test_help(script):
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
