@@ -4,8 +4,11 @@ The flow is a bijection, so SDCD's reconstruction of a sequence from its own cod
 autoencoder's reconstruction of its features, whatever stage 2 learns: the protocol's `reconstruction`
 tests on a *stage-1* checkpoint bound every swap accuracy that a stage 2 trained on it can reach
 (docs/sprites.md, "The ceiling"). This reads that bound right after stage 1, before stage 2 is spent on it.
+`--tests` runs other tests of the protocol instead, e.g. `--tests swap` to score a trained run under a
+second judge without writing anything into its run directory.
 
     python bench/ceiling.py --checkpoint RUN/checkpoints/last.ckpt --judge judges/sprites_cpu.pt [--json]
+    python bench/ceiling.py --checkpoint RUN/checkpoints/last.ckpt --judge judges/sprites_cpu_s2.pt --tests swap
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import sys
 
 import torch
 
+from sdcd.results import TESTS
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -23,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--judge", required=True, help="a Sprites judge file (make judge DATA=sprites_cpu)")
     ap.add_argument("--repeats", type=int, default=2, help="repetitions (fresh feature noise each)")
     ap.add_argument("--max-sequences", type=int, default=None, help="score only the first N test sequences")
+    ap.add_argument("--tests", nargs="+", default=["reconstruction", "reconstruction_mean"], choices=TESTS,
+                    help="which tests of the protocol to run (default: the two reconstructions, the ceiling)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
 
@@ -32,7 +39,7 @@ def main(argv=None) -> int:
 
     dm, model, judge = load_test_run(args.checkpoint, args.judge)
     res = evaluate(model, dm, judge, split="test", repeats=args.repeats, max_sequences=args.max_sequences,
-                   tests=("reconstruction", "reconstruction_mean"))
+                   tests=tuple(args.tests))
     if args.json:
         print(json.dumps(res))
         return 0
@@ -40,10 +47,12 @@ def main(argv=None) -> int:
     statics = [n for n in names if n != "action"]
     print("| test | " + " | ".join(names) + " | static mean |")
     print("| --- |" + " ---: |" * (len(names) + 1))
-    for test in ("reconstruction", "reconstruction_mean"):
-        accs = [res[f"{test}/acc/{n}"]["mean"] for n in names]
-        static = sum(res[f"{test}/acc/{n}"]["mean"] for n in statics) / len(statics)
-        print(f"| {test} | " + " | ".join(f"{100 * a:.2f}%" for a in accs) + f" | {100 * static:.2f}% |")
+    for test in args.tests:
+        accs = [res.get(f"{test}/acc/{n}", {}).get("mean") for n in names]
+        static = [res[f"{test}/acc/{n}"]["mean"] for n in statics if f"{test}/acc/{n}" in res]
+        cells = ["—" if a is None else f"{100 * a:.2f}%" for a in accs]
+        mean = f"{100 * sum(static) / len(static):.2f}%" if static else "—"
+        print(f"| {test} | " + " | ".join(cells) + f" | {mean} |")
     return 0
 
 
