@@ -67,9 +67,9 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
         "trainer.max_epochs": 25, "model.init_args.lr_decay_start": 4005, "model.init_args.lr_decay_steps": 2670,
         "model.init_args.lowpass_weight": 10.0, "model.init_args.lowpass_kernel": 4,
         "model.init_args.autoencoder_frames": 2}),
-    ("lpc_autoencoder_lowpass_cpu", "lpc_autoencoder_lowpass_n25_cpu", {  # less feature noise, 40 epochs
-        "model.init_args.feature_noise": 0.25, "trainer.max_epochs": 40, "model.init_args.lr_decay_start": 6675,
-        "model.init_args.lr_decay_steps": 4005}),
+    ("lpc_autoencoder_lowpass_cpu", "lpc_autoencoder_lowpass_n25_cpu", {  # less feature noise, 60 epochs
+        "model.init_args.feature_noise": 0.25, "trainer.max_epochs": 60, "model.init_args.lr_decay_start": 10146,
+        "model.init_args.lr_decay_steps": 5874}),
     ("lpc_swap_gamma_cpu", "lpc_swap_gamma_n25_cpu", {  # its noise, the swap weight scaled to its features, longer
         "model.init_args.feature_noise": 0.25, "model.init_args.augmentation_weight": 80.0,
         "trainer.max_steps": 7500, "model.init_args.lr_decay_start": 4500, "model.init_args.lr_decay_steps": 3000}),
