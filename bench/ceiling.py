@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="an SDCD checkpoint (.ckpt), stage 1 or 2")
     ap.add_argument("--judge", required=True, help="a Sprites judge file (make judge DATA=sprites_cpu)")
-    ap.add_argument("--repeats", type=int, default=2, help="repetitions, each with fresh random draws (feature noise, partners)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="repetitions, each with fresh random draws (feature noise, partners)")
     ap.add_argument("--max-sequences", type=int, default=None, help="score only the first N test sequences")
     ap.add_argument("--tests", nargs="+", default=["reconstruction", "reconstruction_mean"], choices=TESTS,
                     help="which tests of the protocol to run (default: the two reconstructions, the ceiling)")
