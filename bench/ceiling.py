@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from sprites_run import load_test_run
 
     from sdcd.evaluation import evaluate
+    from sdcd.results import headline_table, per_factor_table
 
     dm, model, judge = load_test_run(args.checkpoint, args.judge)
     res = evaluate(model, dm, judge, split="test", repeats=args.repeats, max_sequences=args.max_sequences,
@@ -44,16 +45,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    names = [f.name for f in dm.factors]
-    statics = [n for n in names if n != "action"]
-    print("| test | " + " | ".join(names) + " | static mean |")
-    print("| --- |" + " ---: |" * (len(names) + 1))
-    for test in args.tests:
-        accs = [res.get(f"{test}/acc/{n}", {}).get("mean") for n in names]
-        static = [res[f"{test}/acc/{n}"]["mean"] for n in statics if f"{test}/acc/{n}" in res]
-        cells = ["—" if a is None else f"{100 * a:.2f}%" for a in accs]
-        mean = f"{100 * sum(static) / len(static):.2f}%" if static else "—"
-        print(f"| {test} | " + " | ".join(cells) + f" | {mean} |")
+    print(headline_table(res))  # the static and dynamic means, as metrics.md has them
+    print(per_factor_table(res, dm.factors))
     return 0
 
 
