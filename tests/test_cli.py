@@ -38,6 +38,8 @@ def test_every_experiment_fits_with_fast_dev_run(name, in_tmp):
     if _needs_small_batch(name):
         args += SMALL_BATCH
     model_args = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())["model"].get("init_args", {})
+    if model_args.get("compile"):  # one step would spend minutes compiling; test_compile.py covers compile
+        args += ["--model.compile=false"]
     if model_args.get("stage") == "disentangle":  # stage 2 needs a stage-1 checkpoint: an untrained one
         import torch
 

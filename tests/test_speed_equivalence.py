@@ -107,3 +107,31 @@ def test_compile_switch_compiles_the_training_step_only(tiny_model_kwargs):
     assert calls == [model.shuffle]
     model.validation_step(batch, 0)  # validation stays eager
     assert calls == [model.shuffle]
+
+
+@needs_switches
+def test_compile_without_a_cxx_compiler_warns_and_trains_eagerly(tiny_model_kwargs, monkeypatch):
+    """The recipes that switch compile on still train where inductor cannot build kernels."""
+    import sdcd.model
+
+    monkeypatch.setattr(sdcd.model, "compiler_problem", lambda: "no working C++ compiler (stand-in)")
+    model = SDCD(**tiny_model_kwargs, compile=True)
+    with pytest.warns(UserWarning, match=r"model.compile=true: no working C\+\+ compiler \(stand-in\); training "
+                                         r"without torch.compile .*--model.compile=false"):
+        model.configure_model()
+    assert model._compiled_loss_terms is None  # training_loss_terms falls back to the eager loss_terms
+
+
+def test_compiler_problem_names_what_inductor_raised(monkeypatch):
+    from torch._inductor import cpp_builder
+
+    from sdcd.precision import compiler_problem
+
+    def missing():
+        raise RuntimeError("Failed to find C++ compiler. Please specify via CXX environment variable.\nmore")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    assert compiler_problem() == ("no working C++ compiler (RuntimeError: Failed to find C++ compiler. "
+                                  "Please specify via CXX environment variable.)")
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", lambda: "g++")
+    assert compiler_problem() is None

@@ -15,6 +15,7 @@ import os
 
 import torch
 from einops import rearrange, repeat
+from lightning.pytorch.utilities import rank_zero_warn
 
 from sdcd.augmentation import (
     AUGMENTATION_COLOURS,
@@ -30,6 +31,7 @@ from sdcd.autoencoder import FrameDecoder, FrameEncoder, lowpass_sse
 from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, AppearanceSubspace, check_cycle_args, swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
+from sdcd.precision import compiler_problem
 from sdcd.shuffle import permute_along_time
 from sdcd.stages import (
     STAGES,
@@ -303,7 +305,12 @@ class SDCD(SequentialModule):
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
         if self.hparams.compile and self._compiled_loss_terms is None:
-            self._compiled_loss_terms = torch.compile(self.loss_terms)  # compiles on the first step
+            problem = compiler_problem()
+            if problem:  # a speed switch only: the same objective runs eagerly
+                rank_zero_warn(f"model.compile=true: {problem}; training without torch.compile "
+                               "(install a C++ compiler such as g++, or pass --model.compile=false)")
+            else:
+                self._compiled_loss_terms = torch.compile(self.loss_terms)  # compiles on the first step
 
     optional_state = ("appearance_subspace.",)  # checkpoints may lack it or have it (on_load_checkpoint)
 

@@ -50,3 +50,18 @@ def cpu_precision(precision, accelerator) -> tuple[object, str | None]:
     return "32-true", (f"this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX), so trainer.precision={precision} "
                        f"would run many times slower than float32: running with 32-true instead "
                        f"({KEEP_ENV}=keep keeps bf16)")
+
+
+def compiler_problem() -> str | None:
+    """Why torch.compile cannot build kernels here, or None. Inductor compiles C++ (the CPU kernels, and
+    Triton's launchers on a GPU), so it needs a working C++ compiler; without one the first training
+    step would fail with a long traceback."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let torch.compile report for itself
+        return None
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # noqa: BLE001 — what torch raises for a missing compiler varies by version
+        return f"no working C++ compiler ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    return None
