@@ -54,3 +54,31 @@ def test_static_prior_inverts_and_logdet():
         torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jac)[1], atol=1e-8, rtol=0)
     torch.testing.assert_close(prior.log_prob(f).double(), std_normal_log_prob(z) + logdet, atol=1e-4, rtol=1e-5)
     assert prior.sample_like(7, f).shape == (7, 6)
+
+
+def test_static_consistency_is_the_frames_spread_in_their_own_deviations():
+    from sdcd.static import static_consistency
+
+    mean_t = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])  # one sequence, two frames, D = 2
+    logvar_t = torch.log(torch.tensor([[[4.0, 1.0], [4.0, 1.0]]]))
+    mean = torch.tensor([[2.0, 0.0]])
+    # ½ (1²/4 + 1²/4) on the first dimension, nothing on the second
+    torch.testing.assert_close(static_consistency(mean_t, logvar_t, mean), torch.tensor(0.25))
+    assert static_consistency(mean[:, None].expand(1, 2, 2), logvar_t, mean) == 0  # one mean in every frame
+    mean_t.requires_grad_(True), logvar_t.requires_grad_(True)
+    static_consistency(mean_t, logvar_t, mean).backward()
+    assert mean_t.grad is not None and logvar_t.grad is None  # widening the posteriors cannot lower it
+
+
+def test_consistency_weight_adds_the_term_to_the_loss(tiny_model_kwargs):
+    from sdcd.model import SDCD
+
+    x = torch.rand(2, 4, 3, 32, 32)
+    losses = {}
+    for weight in (0.0, 3.0):
+        torch.manual_seed(0)
+        model = SDCD(**tiny_model_kwargs, consistency_weight=weight).eval()  # eval: f_t are the means
+        torch.manual_seed(1)
+        losses[weight] = model.loss_terms(x, shuffle=True)
+    assert "consistency" not in losses[0.0] and losses[3.0]["consistency"] > 0
+    torch.testing.assert_close(losses[3.0]["loss"], losses[0.0]["loss"] + 3.0 * losses[3.0]["consistency"])

@@ -42,7 +42,7 @@ from sdcd.stages import (
     load_autoencoder_for_fit,
     sample_frames,
 )
-from sdcd.static import StaticEncoder, StaticPrior, gaussian_log_prob, product_of_gaussians
+from sdcd.static import StaticEncoder, StaticPrior, gaussian_log_prob, product_of_gaussians, static_consistency
 
 
 class SDCD(SequentialModule):
@@ -109,6 +109,12 @@ class SDCD(SequentialModule):
         cycle_weight: Weight of the swap-cycle term, a named departure (sdcd.cycle; 0 = off, the
             paper): A's static code with the next row's dynamics, h(λ_B, f_A), must give f_A back
             through the static encoder.
+        consistency_weight: Weight of the static consistency term, a named departure
+            (sdcd.static.static_consistency; 0 = off, the paper): how far each frame's static mean μ_t
+            lies from its sequence's aggregate, in the frame posterior's own (detached) standard
+            deviations. The shuffle lets anything constant over a sequence into f, and the per-frame
+            encoder sees each frame's pose: averaged over a sequence, what μ_t keeps of the pose is a
+            signature of the action.
         cycle_reader: "fixed" (the static encoder reads h(λ_B, f_A) with detached weights),
             "trained" (it also learns from the cycle as the reader), or "appearance" (fixed, and only
             the directions of f that the colour augmentation moves are compared; needs
@@ -148,7 +154,7 @@ class SDCD(SequentialModule):
         augmentation_weight: float = 0.0, augmentation_loss: str = "infonce", augmentation_temperature: float = 0.1,
         augmentation_colours: str = "permute", augmentation_gamma_spread: float = 3.0,
         augmentation_copies: str = "fixed", augmentation_normalise: bool = False,
-        augmentation_time: str = "same", cycle_weight: float = 0.0,
+        augmentation_time: str = "same", cycle_weight: float = 0.0, consistency_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
@@ -161,7 +167,8 @@ class SDCD(SequentialModule):
                                "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature", "lowpass_kernel"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
-                                    "feature_noise", "augmentation_weight", "cycle_weight", "lr_decay_start",
+                                    "feature_noise", "augmentation_weight", "cycle_weight", "consistency_weight",
+                                    "lr_decay_start",
                                     "lr_decay_steps", "lr_final", "lowpass_weight"), **locals())
         check_stage_args(stage, autoencoder_checkpoint, autoencoder_frames, n_frames)
         if augmentation_time != "same" and augmentation_loss != "swap":
@@ -210,7 +217,10 @@ class SDCD(SequentialModule):
     def static_posterior(self, e: torch.Tensor):
         """e: (B, T, D) → frame codes f_t (B, T, D) (sampled in training, means in eval) and the
         aggregated posterior's mean and variance (B, D)."""
-        mu_t, logvar_t = self.static_encoder(e)
+        return self.aggregate_static(*self.static_encoder(e))
+
+    def aggregate_static(self, mu_t: torch.Tensor, logvar_t: torch.Tensor):
+        """Frame posteriors' means and log-variances (B, T, D) → (f_t, mean, variance) as static_posterior."""
         f_t = mu_t + torch.exp(0.5 * logvar_t) * torch.randn_like(mu_t) if self.training else mu_t
         mu, var = product_of_gaussians(mu_t, logvar_t, self.hparams.variance_floor)
         return f_t, mu, var
@@ -263,7 +273,8 @@ class SDCD(SequentialModule):
         """The static KL and flow terms on (detached) frame features e_in: (B, T, D); "loss" is their
         weighted sum, without the reconstruction."""
         hp = self.hparams
-        f_t, mu, var = self.static_posterior(e_in)
+        mu_t, logvar_t = self.static_encoder(e_in)
+        f_t, mu, var = self.aggregate_static(mu_t, logvar_t)
         f = mu + var.sqrt() * torch.randn_like(mu)
         kl = (gaussian_log_prob(f, mu, var) - self.static_prior.log_prob(f)).mean()
 
@@ -275,6 +286,9 @@ class SDCD(SequentialModule):
         nll_prior = -self.dynamic_prior.log_prob(lam.detach()).mean()
         loss = hp.kl_weight * kl + hp.flow_weight * (nll_flow + hp.dynamic_prior_weight * nll_prior)
         terms = {"loss": loss, "kl": kl, "nll_flow": nll_flow, "nll_prior": nll_prior}
+        if hp.consistency_weight > 0:  # a named departure (sdcd.static.static_consistency)
+            terms["consistency"] = static_consistency(mu_t, logvar_t, mu)
+            terms["loss"] = loss + hp.consistency_weight * terms["consistency"]
         if shuffle:  # the aggregated-code NLL is what evaluation uses: log it, don't optimise it
             with torch.no_grad():
                 terms["nll_flow_aggregated"] = -self.flow.inverse_and_log_prob(e_in, aggregated)[1].mean()

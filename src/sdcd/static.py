@@ -55,6 +55,15 @@ def product_of_gaussians(mean: torch.Tensor, logvar: torch.Tensor, floor: float)
     return mean, (1.0 / total).clamp_min(floor)
 
 
+def static_consistency(mean_t: torch.Tensor, logvar_t: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """½ Σ_t Σ_d (μ_t − μ)² / σ_t², per sequence, batch-averaged: the frame means' spread around the
+    aggregated mean μ, in each frame posterior's standard deviations (detached, so the term cannot be
+    lowered by widening the posteriors). mean_t, logvar_t: (B, T, D); mean: (B, D). Zero when every
+    frame of a sequence gives the same mean."""
+    deviation = mean_t.float() - mean.float()[:, None]
+    return 0.5 * (deviation**2 * torch.exp(-logvar_t.float().detach())).sum(dim=(1, 2)).mean()
+
+
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, diag var), summed over the last dimension."""
     return -0.5 * ((x - mean) ** 2 / var + var.log() + math.log(2 * math.pi)).sum(dim=-1)
