@@ -21,7 +21,7 @@ time_to_accuracy = importlib.import_module("time_to_accuracy")
 
 @pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "time_to_accuracy.py", "swap_errors.py",
                                     "appearance_subspace.py", "static_separation.py", "probe_codes.py",
-                                    "ceiling.py"])
+                                    "ceiling.py", "frame_codes.py"])
 def test_help(script):
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120
@@ -264,3 +264,20 @@ def test_static_separation_measures_pairs_in_posterior_sds():
     assert abs(first["separation"] - 1.0) < 0.03 and abs(first["within_sd"] - 0.1) < 0.01
     assert abs(first["posterior_sd"] - 0.2) < 1e-6 and abs(first["ratio"] - 5.0) < 0.2
     assert rows[-1]["ratio"] > 20  # 0–2 and 1–2 are about 25 posterior sds apart
+
+
+def test_frame_codes_measure_the_frames_spread_and_the_classes_apart():
+    from frame_codes import frame_code_summary
+
+    # 4 sequences of 2 frames, D = 1, unit frame variances; classes 0, 0, 1, 1
+    mu_t = torch.tensor([[[0.0], [2.0]], [[0.0], [2.0]], [[4.0], [4.0]], [[4.0], [4.0]]])
+    logvar_t = torch.zeros_like(mu_t)
+    out = frame_code_summary(mu_t, logvar_t, torch.tensor([0, 0, 1, 1]), 2)
+    torch.testing.assert_close(out["f"], torch.tensor([[1.0], [1.0], [4.0], [4.0]]))  # aggregated var 1/2
+    torch.testing.assert_close(out["first"], torch.tensor([[0.0], [0.0], [4.0], [4.0]]))
+    # within: the spread 2 of the two moving sequences and 0 of the others, over var 1/2, averaged
+    torch.testing.assert_close(out["within"], torch.tensor([2.0]))
+    # between: variance of the class means 1 and 4 (4.5) over the aggregated variance 1/2
+    torch.testing.assert_close(out["between"], torch.tensor([9.0]))
+    # ½ Σ (μ_t − f)² / σ_t²: ½ (1 + 1) for each moving sequence, batch-averaged
+    torch.testing.assert_close(out["consistency"], torch.tensor(0.5))

@@ -1,0 +1,100 @@
+"""Where the static code's trace of the action comes from: the frame-wise static means μ_t of q(f_t | x_t)
+against their aggregate, the mean of q(f | x) (README, "Where f's trace of the action comes from").
+
+On the test split, with noise-free features: a linear probe of the action (fit on train, scored on test,
+as the protocol's probes) from f's posterior mean (the precision-weighted product of the frames), from the
+plain time-mean of μ_t, and from the first frame's μ_0; how far the frames' means spread within a sequence
+(variance over t, per dimension, in units of the aggregated posterior variance; median / mean / max over
+dimensions); how far the action classes' mean codes lie apart (variance over the classes of the per-class
+mean of f, same units); and `sdcd.static.static_consistency`, the term `model.consistency_weight` charges.
+
+    python bench/frame_codes.py --checkpoint RUN/checkpoints/last.ckpt [--factor action] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+
+@torch.no_grad()
+def frame_code_summary(mu_t: torch.Tensor, logvar_t: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                       floor: float = 1e-6) -> dict[str, torch.Tensor]:
+    """mu_t, logvar_t: (N, T, D) frame posteriors; labels: (N,) → the codes the probes read and the spreads.
+
+    Returns "f" (N, D) the aggregated mean, "time_mean" (N, D), "first" (N, D), and the floats "within"
+    (per-dimension within-sequence variance of μ_t / aggregated variance, (D,)), "between" (per-dimension
+    variance of the class means of f / mean aggregated variance, (D,)), "consistency" (the batch-mean term)."""
+    from sdcd.static import product_of_gaussians, static_consistency
+
+    mu_t, logvar_t = mu_t.float(), logvar_t.float()
+    f, var = product_of_gaussians(mu_t, logvar_t, floor)
+    present = [c for c in range(n_classes) if (labels == c).any()]
+    class_means = torch.stack([f[labels == c].mean(0) for c in present])
+    return {"f": f, "time_mean": mu_t.mean(1), "first": mu_t[:, 0],
+            "within": (mu_t.var(1) / var).mean(0), "between": class_means.var(0) / var.mean(0),
+            "consistency": static_consistency(mu_t, logvar_t, f)}
+
+
+@torch.no_grad()
+def frame_posteriors(model, dm, split: str, factor: int, max_sequences: int | None = None):
+    """(μ_t, log σ_t², labels of `factor`) of a split: (N, T, D), (N, T, D), (N,), noise-free features."""
+    n = dm.split_size(split) if max_sequences is None else min(max_sequences, dm.split_size(split))
+    mus, logvars, ys = [], [], []
+    for index in torch.arange(n).split(256):
+        batch = dm.batch(split, index)
+        mu_t, logvar_t = model.static_encoder(model.frame_features(batch["x"], noise=False))
+        mus.append(mu_t.float()), logvars.append(logvar_t.float()), ys.append(batch["labels"][:, 0, factor])
+    return torch.cat(mus), torch.cat(logvars), torch.cat(ys)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="an SDCD checkpoint (.ckpt)")
+    ap.add_argument("--factor", default="action", help="the factor to probe (default: action)")
+    ap.add_argument("--max-train", type=int, default=10_000, help="train sequences the probes fit on")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    args = ap.parse_args(argv)
+
+    from sprites_run import load_test_run
+
+    from sdcd.probes import fit_linear_probe
+
+    dm, model, _ = load_test_run(args.checkpoint)
+    names = [f.name for f in dm.factors]
+    if args.factor not in names:
+        print(f"frame_codes.py: --factor {args.factor!r}: expected one of {', '.join(names)}", file=sys.stderr)
+        return 2
+    i = names.index(args.factor)
+    n_classes, floor = dm.factors[i].n_classes, model.hparams.variance_floor
+    tr_mu, tr_logvar, tr_y = frame_posteriors(model, dm, "train", i, args.max_train)
+    te_mu, te_logvar, te_y = frame_posteriors(model, dm, "test", i)
+    train = frame_code_summary(tr_mu, tr_logvar, tr_y, n_classes, floor)
+    test = frame_code_summary(te_mu, te_logvar, te_y, n_classes, floor)
+    out = {}
+    for code in ("f", "time_mean", "first"):
+        predict = fit_linear_probe(train[code], tr_y, n_classes)
+        out[f"probe/{code}/{args.factor}"] = float((predict(test[code]) == te_y).float().mean())
+    for what in ("within", "between"):
+        v = test[what]
+        out.update({f"{what}/{stat}": float(getattr(v, stat)()) for stat in ("median", "mean", "max")})
+    out["consistency"] = float(test["consistency"])
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for code, what in (("f", "f (the aggregated posterior mean)"), ("time_mean", "the time-mean of μ_t"),
+                       ("first", "μ_0 (the first frame alone)")):
+        print(f"probe {args.factor} from {what}: {100 * out[f'probe/{code}/{args.factor}']:.1f}%")
+    for what, text in (("within", "within-sequence variance of μ_t"),
+                       ("between", f"variance of f's {args.factor} class means")):
+        print(f"{text} / aggregated variance: median {out[f'{what}/median']:.3g}, mean {out[f'{what}/mean']:.3g}, "
+              f"max {out[f'{what}/max']:.3g} (over dimensions)")
+    print(f"static consistency term: {out['consistency']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
