@@ -47,17 +47,17 @@ def test_bad_arguments(bad):
 def _capture(model):
     """Record the frame codes f_t, the aggregated f and the flow context of one loss evaluation."""
     seen = {}
-    posterior, flow_call = model.static_posterior, model.flow.inverse_and_log_prob
+    aggregate, flow_call = model.aggregate_static, model.flow.inverse_and_log_prob
 
-    def static_posterior(e):
-        seen["f_t"], mu, var = posterior(e)
+    def aggregate_static(mu_t, logvar_t):
+        seen["f_t"], mu, var = aggregate(mu_t, logvar_t)
         return seen["f_t"], mu, var
 
     def inverse_and_log_prob(x, ctx):
         seen.setdefault("context", ctx)
         return flow_call(x, ctx)
 
-    model.static_posterior, model.flow.inverse_and_log_prob = static_posterior, inverse_and_log_prob
+    model.aggregate_static, model.flow.inverse_and_log_prob = aggregate_static, inverse_and_log_prob
     return seen
 
 
