@@ -153,3 +153,50 @@ def test_a_resumed_run_can_switch_the_appearance_reader_on_or_off(tiny_model_kwa
     checkpoint = {"state_dict": dict(reader.state_dict())}
     plain.on_load_checkpoint(checkpoint)
     plain.load_state_dict(checkpoint["state_dict"])
+
+
+def test_the_invariant_reader_of_one_sequence_reads_its_own_mean_and_charges_nothing(tiny_model_kwargs):
+    """With B = 1, h(h⁻¹(e, f), f) = e: the reader reads A's own posterior mean, the term is zero
+    whatever f's sample (the target is the mean, not the sample)."""
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, cycle_reader="invariant").train()
+    term = swap_cycle_term(model, 3 * torch.randn(1, 4, 16))
+    assert term.abs() < 1e-3
+
+
+def test_only_the_invariant_reader_learns_and_it_matches_the_term_by_hand(tiny_model_kwargs):
+    """The flow gets no gradient from the "invariant" term (e_AB is made without one); the static encoder
+    does, on both sides (the reading of e_AB and A's own mean); its value is ½ Σ (μ(e_AB) − μ_A)² / σ²_A."""
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, cycle_reader="invariant").train()
+    e = 3 * torch.randn(6, 4, 16)
+    torch.manual_seed(2)
+    term = swap_cycle_term(model, e)
+    term.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.flow.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.static_encoder.parameters())
+
+    torch.manual_seed(2)
+    with torch.no_grad():
+        _, mu_a, var_a = model.static_posterior(e)  # the same frame-wise samples as inside the term
+        f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)
+        ctx = repeat(f_a, "b d -> b t d", t=4)
+        lam, _ = model.flow.inverse_and_log_prob(e, ctx)
+        mu_ab, _ = product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+    torch.testing.assert_close(term.detach(), 0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean(), rtol=1e-4, atol=1e-3)
+
+
+def test_the_cycle_term_is_charged_from_cycle_start_on(tiny_model_kwargs):
+    """cycle_start: no "cycle" term before that step; the switch is set from global_step when a training
+    batch starts (as the lr schedule is)."""
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_start=3).train()
+    x = torch.rand(2, 4, 3, 32, 32)
+    assert "cycle" not in model.loss_terms(x, shuffle=True)
+    model.on_train_batch_start(None, 0)  # global_step is 0 without a trainer
+    assert not model.cycle_active
+    model.cycle_active = True  # what on_train_batch_start sets once global_step ≥ 3
+    assert "cycle" in model.loss_terms(x, shuffle=True)
+    assert SDCD(**tiny_model_kwargs, cycle_weight=1.0).cycle_active
+    with pytest.raises(ValueError, match="cycle_start"):
+        SDCD(**tiny_model_kwargs, cycle_start=-1)

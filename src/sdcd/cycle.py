@@ -38,6 +38,17 @@ the static code f_A learn from it. `cycle_reader` says whether the static encode
   Trained with it, though, the split gets worse, not better (README): the action goes to f's other
   directions and, added late, the appearance degrades; why, we have not found out.
 
+* "invariant": only the reader learns. The swapped features e_AB are made without gradients (neither
+  the flow nor f_A is asked anything), and the target is A's own posterior mean μ_A, not a sample: the
+  static encoder must read the same static code from A and from A's appearance drawn under B's dynamics,
+  in units of A's posterior standard deviation. Once the flow carries the action in λ (swap action
+  ~100%), e_AB shows A's appearance doing B's action, so the pair (e_A, e_AB) is a same-appearance,
+  other-action pair that no real batch holds (a Sprites sequence never changes its action); the
+  consistency term (sdcd.static) only ever compares poses of one action. It is the reader that learns to
+  ignore the action; since e_AB is not trained to fool it, a shade the flow draws wrong teaches the
+  reader to excuse that shade, so it is meant for late training, when the swaps are right
+  (`cycle_start`).
+
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
 factor, the pair's two swaps show both sequences' values of it once each, so the sum does not care where
@@ -56,7 +67,7 @@ from torch.func import functional_call
 
 from sdcd.static import product_of_gaussians
 
-CYCLE_READERS = ("fixed", "trained", "appearance")
+CYCLE_READERS = ("fixed", "trained", "appearance", "invariant")
 CYCLE_FORMS = ("each", "pair")
 
 
@@ -126,6 +137,8 @@ def swap_cycle_term(model, e: torch.Tensor, e_aug: torch.Tensor | None = None) -
     hp = model.hparams
     t = e.shape[1]
     _, mu_a, var_a = model.static_posterior(e)  # (B, D) each
+    if hp.cycle_reader == "invariant":
+        return invariance_term(model, e, mu_a, var_a)
     f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)  # a sample of q(f | e), as the swap test uses
     lam, _ = model.flow.inverse_and_log_prob(e, repeat(f_a, "b d -> b t d", t=t))  # (B, T, D)
     e_ab = model.flow.generate(lam.roll(1, dims=0), repeat(f_a, "b d -> b t d", t=t))  # row i: λ of row i−1
@@ -146,3 +159,21 @@ def swap_cycle_term(model, e: torch.Tensor, e_aug: torch.Tensor | None = None) -
             model.appearance_subspace.update((mu_aug - mu_a.float()) / var_a.float().sqrt())
             residual = residual.float() @ model.appearance_subspace.projector()  # proj is symmetric
     return 0.5 * (residual ** 2).sum(1).mean()
+
+
+def invariance_term(model, e: torch.Tensor, mu_a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
+    """The "invariant" reader's term: ½ Σ_d (μ_d(e_AB) − μ_A,d)² / σ²_A,d, batch-averaged, with e_AB =
+    h(λ_B, f_A) made without gradients (cycle_form "each"; "pair" adds the other swap's reading, as for
+    the other readers). mu_a, var_a: (B, D) the posterior of the batch's own features e: (B, T, D)."""
+    hp, t = model.hparams, e.shape[1]
+    with torch.no_grad():
+        f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)  # a sample of q(f | e), as the swap test uses
+        lam, _ = model.flow.inverse_and_log_prob(e, repeat(f_a, "b d -> b t d", t=t))
+        e_ab = model.flow.generate(lam.roll(1, dims=0), repeat(f_a, "b d -> b t d", t=t))
+    read, target, var = read_static(model, e_ab), mu_a.float(), var_a.detach().float()
+    if hp.cycle_form == "pair":
+        with torch.no_grad():
+            e_ba = model.flow.generate(lam, repeat(f_a.roll(1, dims=0), "b d -> b t d", t=t))
+        read = read + read_static(model, e_ba)
+        target, var = target + target.roll(1, dims=0), var + var.roll(1, dims=0)
+    return 0.5 * ((read - target) ** 2 / var).sum(1).mean()

@@ -117,9 +117,12 @@ class SDCD(SequentialModule):
             signature of the action. Measured on Sprites at 20: the frames hold together, the action's
             probe from f does not fall (README, "Holding the frames' static means together").
         cycle_reader: "fixed" (the static encoder reads h(λ_B, f_A) with detached weights),
-            "trained" (it also learns from the cycle as the reader), or "appearance" (fixed, and only
+            "trained" (it also learns from the cycle as the reader), "appearance" (fixed, and only
             the directions of f that the colour augmentation moves are compared; needs
-            augmentation_weight > 0); sdcd.cycle says why.
+            augmentation_weight > 0), or "invariant" (only the reader learns: h(λ_B, f_A) is made
+            without gradients and must read as A's own posterior mean); sdcd.cycle says why.
+        cycle_start: The optimizer step from which the cycle term is charged (0: from the start); keyed
+            on the step alone, like the lr schedule.
         cycle_form: "each" (every swap must read back as its static code) or "pair" (the two swaps of
             a pair of rows must read back as the sum of their static codes; sdcd.cycle).
         cycle_subspace_mass: For the "appearance" reader: the fraction of the variance of f's
@@ -157,7 +160,7 @@ class SDCD(SequentialModule):
         augmentation_copies: str = "fixed", augmentation_normalise: bool = False,
         augmentation_time: str = "same", cycle_weight: float = 0.0, consistency_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
-        cycle_subspace_momentum: float = 0.99,
+        cycle_subspace_momentum: float = 0.99, cycle_start: int = 0,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
         autoencoder_frames: int = 0,
     ):
@@ -169,7 +172,7 @@ class SDCD(SequentialModule):
                       positive=("latent_dim", "lr", "augmentation_temperature", "lowpass_kernel"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
                                     "feature_noise", "augmentation_weight", "cycle_weight", "consistency_weight",
-                                    "lr_decay_start",
+                                    "lr_decay_start", "cycle_start",
                                     "lr_decay_steps", "lr_final", "lowpass_weight"), **locals())
         check_stage_args(stage, autoencoder_checkpoint, autoencoder_frames, n_frames)
         if augmentation_time != "same" and augmentation_loss != "swap":
@@ -201,6 +204,9 @@ class SDCD(SequentialModule):
                                     if cycle_reader == "appearance" else None)
         if stage == "disentangle":
             freeze_autoencoder(self)
+        # whether the cycle term is charged at this step: set from global_step when each training batch
+        # starts (a plain bool, so a compiled objective recompiles once when it flips, not every step)
+        self.cycle_active = cycle_start == 0
 
     # ---------------------------------------------------------------- building blocks
     def frame_features(self, x: torch.Tensor, noise: bool = True) -> torch.Tensor:
@@ -265,7 +271,7 @@ class SDCD(SequentialModule):
             # relative to it (augmentation_normalise divides the swap form by it)
             terms["feature_variance"] = feature_variance(e.detach())
             terms["loss"] = terms["loss"] + hp.augmentation_weight * terms["augmentation"]
-        if hp.cycle_weight > 0 and self.training:  # a named departure (sdcd.cycle)
+        if hp.cycle_weight > 0 and self.training and self.cycle_active:  # a named departure (sdcd.cycle)
             terms["cycle"] = swap_cycle_term(self, e.detach(), e_aug)
             terms["loss"] = terms["loss"] + hp.cycle_weight * terms["cycle"]
         return terms
@@ -314,6 +320,10 @@ class SDCD(SequentialModule):
             cached = self.cached_features(batch.get("split", "train"), batch["index"])
             return loss_terms(batch["x"], shuffle=self.shuffle, cached=cached)
         return loss_terms(batch["x"], shuffle=self.shuffle)  # (subclasses may override loss_terms(x, shuffle))
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self.cycle_active = self.global_step >= self.hparams.cycle_start
 
     def configure_model(self) -> None:
         """The speed switches; Lightning calls this at the start of every fit/validate/test."""
