@@ -185,3 +185,16 @@ def test_autoencoder_frames_is_checked(tiny_model_kwargs):
         SDCD(**tiny_model_kwargs, autoencoder_frames=2)
     with pytest.raises(ValueError, match="model.autoencoder_frames must be between 0 .all. and model.n_frames=4"):
         SDCD(**tiny_model_kwargs, stage="autoencoder", autoencoder_frames=5)
+
+
+def test_the_cycle_term_starts_at_cycle_start_through_the_cli(in_tmp):
+    """The switch is set from global_step by the training loop: after 3 steps a term starting at step 2
+    has been charged (and logged), one starting at step 10 has not."""
+    main(["fit", *TINY, "--model.stage=autoencoder", "--trainer.max_steps=2", "--shuffle.every=0"])
+    (ae_ckpt,) = Path(in_tmp).glob("runs/tiny/*/checkpoints/last.ckpt")
+    args = ["fit", *TINY, "--model.stage=disentangle", f"--model.autoencoder_checkpoint={ae_ckpt}",
+            "--trainer.max_steps=3", "--model.cycle_weight=1.0", "--model.cycle_reader=invariant"]
+    late = main([*args, "--model.cycle_start=10"])
+    assert "train/cycle" not in late.trainer.callback_metrics and not late.model.cycle_active
+    early = main([*args, "--model.cycle_start=2"])
+    assert "train/cycle" in early.trainer.callback_metrics and early.model.cycle_active
