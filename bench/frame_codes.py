@@ -7,6 +7,9 @@ plain time-mean of μ_t, and from the first frame's μ_0; how far the frames' me
 (variance over t, per dimension, in units of the aggregated posterior variance; median / mean / max over
 dimensions); how far the action classes' mean codes lie apart (variance over the classes of the per-class
 mean of f, same units); and `sdcd.static.static_consistency`, the term `model.consistency_weight` charges.
+With --swapped, also the static mean read from h(λ_B, f_A) (A's posterior mean f with the dynamics of B, the
+previous sequence of the split), and a probe of B's factor from it, fit and scored on such swaps: what the
+`cycle_reader=invariant` term trains the static encoder to ignore, on the pairs it is trained on.
 
     python bench/frame_codes.py --checkpoint RUN/checkpoints/last.ckpt [--factor action] [--json]
 """
@@ -51,11 +54,40 @@ def frame_posteriors(model, dm, split: str, factor: int, max_sequences: int | No
     return torch.cat(mus), torch.cat(logvars), torch.cat(ys)
 
 
+@torch.no_grad()
+def swapped_means(model, e: torch.Tensor) -> torch.Tensor:
+    """e: (B, T, D) noise-free features → the static posterior mean (B, D) read from h(λ_B, f_A), row i
+    with the dynamics of row i−1, f_A the posterior mean (with B = 1 the row itself: its own mean)."""
+    from einops import repeat
+
+    from sdcd.static import product_of_gaussians
+
+    floor, t = model.hparams.variance_floor, e.shape[1]
+    mu = product_of_gaussians(*model.static_encoder(e), floor)[0]
+    context = repeat(mu.to(e.dtype), "b d -> b t d", t=t)
+    lam, _ = model.flow.inverse_and_log_prob(e, context)
+    return product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), context)), floor)[0]
+
+
+@torch.no_grad()
+def swapped_codes(model, dm, split: str, factor: int, max_sequences: int | None = None):
+    """(static means read from the swaps (N, D), labels of `factor` of the partner B (N,)) of a split."""
+    n = dm.split_size(split) if max_sequences is None else min(max_sequences, dm.split_size(split))
+    means, ys = [], []
+    for index in torch.arange(n).split(256):
+        batch = dm.batch(split, index)
+        means.append(swapped_means(model, model.frame_features(batch["x"], noise=False)).float())
+        ys.append(batch["labels"][:, 0, factor].roll(1, 0))
+    return torch.cat(means), torch.cat(ys)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="an SDCD checkpoint (.ckpt)")
     ap.add_argument("--factor", default="action", help="the factor to probe (default: action)")
     ap.add_argument("--max-train", type=int, default=10_000, help="train sequences the probes fit on")
+    ap.add_argument("--swapped", action="store_true",
+                    help="also probe the partner's factor from the static mean read from h(λ_B, f_A)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = ap.parse_args(argv)
 
@@ -82,6 +114,11 @@ def main(argv=None) -> int:
         v = test[what]
         out.update({f"{what}/{stat}": float(getattr(v, stat)()) for stat in ("median", "mean", "max")})
     out["consistency"] = float(test["consistency"])
+    if args.swapped:
+        tr_f, tr_b = swapped_codes(model, dm, "train", i, args.max_train)
+        te_f, te_b = swapped_codes(model, dm, "test", i)
+        predict = fit_linear_probe(tr_f, tr_b, n_classes)
+        out[f"probe/swapped/{args.factor}"] = float((predict(te_f) == te_b).float().mean())
     if args.json:
         print(json.dumps(out))
         return 0
@@ -93,6 +130,9 @@ def main(argv=None) -> int:
         print(f"{text} / aggregated variance: median {out[f'{what}/median']:.3g}, mean {out[f'{what}/mean']:.3g}, "
               f"max {out[f'{what}/max']:.3g} (over dimensions)")
     print(f"static consistency term: {out['consistency']:.1f}")
+    if args.swapped:
+        print(f"probe the partner's {args.factor} from the static mean of h(λ_B, f_A): "
+              f"{100 * out[f'probe/swapped/{args.factor}']:.1f}%")
     return 0
 
 

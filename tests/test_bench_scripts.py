@@ -281,3 +281,19 @@ def test_frame_codes_measure_the_frames_spread_and_the_classes_apart():
     torch.testing.assert_close(out["between"], torch.tensor([9.0]))
     # ½ Σ (μ_t − f)² / σ_t²: ½ (1 + 1) for each moving sequence, batch-averaged
     torch.testing.assert_close(out["consistency"], torch.tensor(0.5))
+
+
+def test_a_sequence_swapped_with_itself_reads_as_its_own_static_mean(tiny_model_kwargs):
+    """frame_codes --swapped: h(h⁻¹(e, f), f) = e, so with one row (its own partner) the swapped reading is
+    its own posterior mean; with two rows each is read from the other's dynamics."""
+    from frame_codes import swapped_means
+
+    from sdcd.model import SDCD
+    from sdcd.static import product_of_gaussians
+
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs).eval()
+    e = 3 * torch.randn(2, 4, 16)
+    own = product_of_gaussians(*model.static_encoder(e), 1e-6)[0]
+    torch.testing.assert_close(swapped_means(model, e[:1]), own[:1], rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(swapped_means(model, e), own, rtol=1e-3, atol=1e-3)
