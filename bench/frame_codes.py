@@ -58,15 +58,13 @@ def frame_posteriors(model, dm, split: str, factor: int, max_sequences: int | No
 def swapped_means(model, e: torch.Tensor) -> torch.Tensor:
     """e: (B, T, D) noise-free features → the static posterior mean (B, D) read from h(λ_B, f_A), row i
     with the dynamics of row i−1, f_A the posterior mean (with B = 1 the row itself: its own mean)."""
-    from einops import repeat
-
+    from sdcd.cycle import swapped_features
     from sdcd.static import product_of_gaussians
 
-    floor, t = model.hparams.variance_floor, e.shape[1]
+    floor = model.hparams.variance_floor
     mu = product_of_gaussians(*model.static_encoder(e), floor)[0]
-    context = repeat(mu.to(e.dtype), "b d -> b t d", t=t)
-    lam, _ = model.flow.inverse_and_log_prob(e, context)
-    return product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), context)), floor)[0]
+    e_ab, _ = swapped_features(model, e, mu.to(e.dtype))
+    return product_of_gaussians(*model.static_encoder(e_ab), floor)[0]
 
 
 @torch.no_grad()

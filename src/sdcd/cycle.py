@@ -131,22 +131,28 @@ def read_static(model, e: torch.Tensor) -> torch.Tensor:
     return product_of_gaussians(mu_t, logvar_t, model.hparams.variance_floor)[0].float()
 
 
+def swapped_features(model, e: torch.Tensor, f: torch.Tensor, pair: bool = False):
+    """Features e: (B, T, D) and static codes f: (B, D) → e_AB = h(λ_B, f_A): (B, T, D), row i with the
+    dynamics of row i−1, and with `pair` also e_BA = h(λ_A, f_B), f of row i−1 with λ of row i (else None)."""
+    t = e.shape[1]
+    lam, _ = model.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=t))  # (B, T, D)
+    e_ab = model.flow.generate(lam.roll(1, dims=0), repeat(f, "b d -> b t d", t=t))
+    e_ba = model.flow.generate(lam, repeat(f.roll(1, dims=0), "b d -> b t d", t=t)) if pair else None
+    return e_ab, e_ba
+
+
 def swap_cycle_term(model, e: torch.Tensor, e_aug: torch.Tensor | None = None) -> torch.Tensor:
     """The cycle term for (detached, noisy) frame features e: (B, T, D) of a training batch (B ≥ 2);
     the "appearance" reader also needs the colour-changed copy's features e_aug: (B, T, D)."""
     hp = model.hparams
-    t = e.shape[1]
     _, mu_a, var_a = model.static_posterior(e)  # (B, D) each
     if hp.cycle_reader == "invariant":
         return invariance_term(model, e, mu_a, var_a)
     f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)  # a sample of q(f | e), as the swap test uses
-    lam, _ = model.flow.inverse_and_log_prob(e, repeat(f_a, "b d -> b t d", t=t))  # (B, T, D)
-    e_ab = model.flow.generate(lam.roll(1, dims=0), repeat(f_a, "b d -> b t d", t=t))  # row i: λ of row i−1
+    e_ab, e_ba = swapped_features(model, e, f_a, pair=hp.cycle_form == "pair")
     target, var = f_a.detach().float(), var_a.detach().float()
     read = read_static(model, e_ab)
-    if hp.cycle_form == "pair":  # the other swap of the same pair: f of row i−1 with λ of row i
-        f_b = f_a.roll(1, dims=0)
-        e_ba = model.flow.generate(lam, repeat(f_b, "b d -> b t d", t=t))
+    if e_ba is not None:
         read = read + read_static(model, e_ba)
         target, var = target + target.roll(1, dims=0), var + var.roll(1, dims=0)
     residual = (read - target) / var.sqrt()  # (B, D), in posterior standard deviations
@@ -165,15 +171,11 @@ def invariance_term(model, e: torch.Tensor, mu_a: torch.Tensor, var_a: torch.Ten
     """The "invariant" reader's term: ½ Σ_d (μ_d(e_AB) − μ_A,d)² / σ²_A,d, batch-averaged, with e_AB =
     h(λ_B, f_A) made without gradients (cycle_form "each"; "pair" adds the other swap's reading, as for
     the other readers). mu_a, var_a: (B, D) the posterior of the batch's own features e: (B, T, D)."""
-    hp, t = model.hparams, e.shape[1]
     with torch.no_grad():
         f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)  # a sample of q(f | e), as the swap test uses
-        lam, _ = model.flow.inverse_and_log_prob(e, repeat(f_a, "b d -> b t d", t=t))
-        e_ab = model.flow.generate(lam.roll(1, dims=0), repeat(f_a, "b d -> b t d", t=t))
+        e_ab, e_ba = swapped_features(model, e, f_a, pair=model.hparams.cycle_form == "pair")
     read, target, var = read_static(model, e_ab), mu_a.float(), var_a.detach().float()
-    if hp.cycle_form == "pair":
-        with torch.no_grad():
-            e_ba = model.flow.generate(lam, repeat(f_a.roll(1, dims=0), "b d -> b t d", t=t))
+    if e_ba is not None:
         read = read + read_static(model, e_ba)
         target, var = target + target.roll(1, dims=0), var + var.roll(1, dims=0)
     return 0.5 * ((read - target) ** 2 / var).sum(1).mean()
