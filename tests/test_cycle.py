@@ -200,3 +200,35 @@ def test_the_cycle_term_is_charged_from_cycle_start_on(tiny_model_kwargs):
     assert SDCD(**tiny_model_kwargs, cycle_weight=1.0).cycle_active
     with pytest.raises(ValueError, match="cycle_start"):
         SDCD(**tiny_model_kwargs, cycle_start=-1)
+
+
+def test_batch_units_charge_each_dimension_in_its_spread_across_the_batch(tiny_model_kwargs):
+    """cycle_units=batch: the same residual as in posterior units, divided by the target's standard
+    deviation over the batch (per dimension) instead of the posterior's."""
+    e = 3 * torch.randn(6, 4, 16)
+    terms = {}
+    for units in ("posterior", "batch"):
+        torch.manual_seed(0)
+        model = SDCD(**tiny_model_kwargs, cycle_reader="invariant", cycle_units=units).train()
+        torch.manual_seed(2)
+        terms[units] = swap_cycle_term(model, e)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        _, mu_a, var_a = model.static_posterior(e)
+        f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)
+        ctx = repeat(f_a, "b d -> b t d", t=4)
+        lam, _ = model.flow.inverse_and_log_prob(e, ctx)
+        mu_ab, _ = product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+    by_hand = {"posterior": 0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean(),
+               "batch": 0.5 * ((mu_ab - mu_a) ** 2 / mu_a.var(0, keepdim=True)).sum(1).mean()}
+    for units in terms:
+        torch.testing.assert_close(terms[units].detach(), by_hand[units], rtol=1e-4, atol=1e-3)
+    assert not torch.isclose(by_hand["posterior"], by_hand["batch"], rtol=0.1)
+
+
+def test_the_appearance_reader_refuses_batch_units(tiny_model_kwargs):
+    with pytest.raises(ValueError, match="cycle_units=batch"):
+        SDCD(**tiny_model_kwargs, cycle_weight=1.0, cycle_reader="appearance", augmentation_weight=1.0,
+             cycle_units="batch")
+    with pytest.raises(ValueError, match="cycle_units"):
+        SDCD(**tiny_model_kwargs, cycle_units="probe")

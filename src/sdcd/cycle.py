@@ -49,6 +49,17 @@ the static code f_A learn from it. `cycle_reader` says whether the static encode
   reader to excuse that shade, so it is meant for late training, when the swaps are right
   (`cycle_start`).
 
+`cycle_units` says in what units a residual μ_d(e_AB) − target_d is charged. "posterior": A's posterior
+standard deviation σ_A,d, as above. "batch": the spread of the target over the batch, its standard
+deviation across sequences in dimension d (detached). The two differ where it matters for the action.
+f's posterior is narrow in the dimensions that hold the appearance (σ far below the spread between
+characters), so in posterior units a shade the flow draws slightly wrong is a large residual — the
+reader is pushed hardest to excuse exactly the appearance. In the dimensions f leaves unused, the
+spread across sequences is tiny and the posterior wide, so an action-dependent shift of the mean costs
+almost nothing in posterior units, while a linear probe on standardised means (sdcd.probes) reads it
+at full strength. Batch units charge each dimension as the probe reads it: a shift that tells actions
+apart costs about as much as the dimension's whole spread, a shade error far less than it.
+
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
 factor, the pair's two swaps show both sequences' values of it once each, so the sum does not care where
@@ -69,10 +80,15 @@ from sdcd.static import product_of_gaussians
 
 CYCLE_READERS = ("fixed", "trained", "appearance", "invariant")
 CYCLE_FORMS = ("each", "pair")
+CYCLE_UNITS = ("posterior", "batch")
 
 
-def check_cycle_args(weight: float, reader: str, augmentation_weight: float, mass: float, momentum: float) -> None:
+def check_cycle_args(weight: float, reader: str, augmentation_weight: float, mass: float, momentum: float,
+                     units: str = "posterior") -> None:
     """One-line errors for cycle settings that cannot work together."""
+    if reader == "appearance" and units != "posterior":
+        raise ValueError(f"model.cycle_units={units}: the appearance reader's subspace is found in posterior "
+                         f"units, so it needs model.cycle_units=posterior")
     if weight > 0 and reader == "appearance" and augmentation_weight <= 0:
         raise ValueError("model.cycle_reader=appearance finds f's appearance subspace from the colour "
                          "augmentation: it needs model.augmentation_weight > 0")
@@ -131,6 +147,15 @@ def read_static(model, e: torch.Tensor) -> torch.Tensor:
     return product_of_gaussians(mu_t, logvar_t, model.hparams.variance_floor)[0].float()
 
 
+def charge(model, read: torch.Tensor, target: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """The residual (B, D) of a reading against its target in the units `cycle_units` says: divided by
+    the posterior standard deviation sqrt(var) (B, D), or by the target's standard deviation over the
+    batch (1, D), detached and floored at the posterior variance floor."""
+    if model.hparams.cycle_units == "batch":
+        var = target.detach().var(0, keepdim=True).clamp_min(model.hparams.variance_floor)
+    return (read - target) / var.sqrt()
+
+
 def swapped_features(model, e: torch.Tensor, f: torch.Tensor, pair: bool = False):
     """Features e: (B, T, D) and static codes f: (B, D) → e_AB = h(λ_B, f_A): (B, T, D), row i with the
     dynamics of row i−1, and with `pair` also e_BA = h(λ_A, f_B), f of row i−1 with λ of row i (else None)."""
@@ -155,7 +180,7 @@ def swap_cycle_term(model, e: torch.Tensor, e_aug: torch.Tensor | None = None) -
     if e_ba is not None:
         read = read + read_static(model, e_ba)
         target, var = target + target.roll(1, dims=0), var + var.roll(1, dims=0)
-    residual = (read - target) / var.sqrt()  # (B, D), in posterior standard deviations
+    residual = charge(model, read, target, var)  # (B, D), in the units of cycle_units
     if hp.cycle_reader == "appearance":
         if e_aug is None:
             raise ValueError("the appearance cycle reader needs the colour-changed copy's features e_aug")
@@ -168,7 +193,8 @@ def swap_cycle_term(model, e: torch.Tensor, e_aug: torch.Tensor | None = None) -
 
 
 def invariance_term(model, e: torch.Tensor, mu_a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
-    """The "invariant" reader's term: ½ Σ_d (μ_d(e_AB) − μ_A,d)² / σ²_A,d, batch-averaged, with e_AB =
+    """The "invariant" reader's term: ½ Σ_d (μ_d(e_AB) − μ_A,d)² / σ²_A,d, batch-averaged (σ as
+    `cycle_units` says), with e_AB =
     h(λ_B, f_A) made without gradients (cycle_form "each"; "pair" adds the other swap's reading, as for
     the other readers). mu_a, var_a: (B, D) the posterior of the batch's own features e: (B, T, D)."""
     with torch.no_grad():
@@ -178,4 +204,4 @@ def invariance_term(model, e: torch.Tensor, mu_a: torch.Tensor, var_a: torch.Ten
     if e_ba is not None:
         read = read + read_static(model, e_ba)
         target, var = target + target.roll(1, dims=0), var + var.roll(1, dims=0)
-    return 0.5 * ((read - target) ** 2 / var).sum(1).mean()
+    return 0.5 * (charge(model, read, target, var) ** 2).sum(1).mean()

@@ -28,7 +28,7 @@ from sdcd.augmentation import (
     feature_variance,
 )
 from sdcd.autoencoder import FrameDecoder, FrameEncoder, lowpass_sse
-from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, AppearanceSubspace, check_cycle_args, swap_cycle_term
+from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, CYCLE_UNITS, AppearanceSubspace, check_cycle_args, swap_cycle_term
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
 from sdcd.precision import compiler_problem
@@ -125,6 +125,9 @@ class SDCD(SequentialModule):
             on the step alone, like the lr schedule.
         cycle_form: "each" (every swap must read back as its static code) or "pair" (the two swaps of
             a pair of rows must read back as the sum of their static codes; sdcd.cycle).
+        cycle_units: The units a cycle residual is charged in: "posterior" (A's posterior standard
+            deviations) or "batch" (the target's standard deviation across the batch, per dimension: a
+            dimension is charged as a linear probe on standardised codes reads it; sdcd.cycle says why).
         cycle_subspace_mass: For the "appearance" reader: the fraction of the variance of f's
             colour-augmentation moves that the compared subspace keeps (its leading directions; 0.99).
         cycle_subspace_momentum: For the "appearance" reader: momentum of the running average of that
@@ -160,14 +163,14 @@ class SDCD(SequentialModule):
         augmentation_copies: str = "fixed", augmentation_normalise: bool = False,
         augmentation_time: str = "same", cycle_weight: float = 0.0, consistency_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
-        cycle_subspace_momentum: float = 0.99, cycle_start: int = 0,
+        cycle_subspace_momentum: float = 0.99, cycle_start: int = 0, cycle_units: str = "posterior",
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
         autoencoder_frames: int = 0,
     ):
         super().__init__()
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
                                "augmentation_time": AUGMENTATION_TIMES, "augmentation_copies": AUGMENTATION_COPIES,
-                               "cycle_reader": CYCLE_READERS, "cycle_form": CYCLE_FORMS,
+                               "cycle_reader": CYCLE_READERS, "cycle_form": CYCLE_FORMS, "cycle_units": CYCLE_UNITS,
                                "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature", "lowpass_kernel"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
@@ -187,7 +190,8 @@ class SDCD(SequentialModule):
                              f"(the powers are log-uniform in [1/spread, spread])")
         if lowpass_weight > 0 and frame_size % lowpass_kernel:
             raise ValueError(f"model.lowpass_kernel={lowpass_kernel} must divide model.frame_size={frame_size}")
-        check_cycle_args(cycle_weight, cycle_reader, augmentation_weight, cycle_subspace_mass, cycle_subspace_momentum)
+        check_cycle_args(cycle_weight, cycle_reader, augmentation_weight, cycle_subspace_mass, cycle_subspace_momentum,
+                         cycle_units)
         self.save_hyperparameters()
         d = latent_dim
         self.encoder = FrameEncoder(frame_size, channels, base_channels, d)
