@@ -232,3 +232,21 @@ def test_the_appearance_reader_refuses_batch_units(tiny_model_kwargs):
              cycle_units="batch")
     with pytest.raises(ValueError, match="cycle_units"):
         SDCD(**tiny_model_kwargs, cycle_units="probe")
+
+
+def test_swaps_drawn_from_the_mean_match_the_term_by_hand(tiny_model_kwargs):
+    """cycle_code=mean: e_AB = h(λ_B, μ_A) with λ_B = h⁻¹(e_B, μ_B), no sample of f drawn."""
+    torch.manual_seed(0)
+    model = SDCD(**tiny_model_kwargs, cycle_reader="invariant", cycle_code="mean").eval()
+    e = 3 * torch.randn(6, 4, 16)
+    term = swap_cycle_term(model, e)
+    with torch.no_grad():
+        _, mu_a, var_a = model.static_posterior(e)
+        ctx = repeat(mu_a, "b d -> b t d", t=4)
+        lam, _ = model.flow.inverse_and_log_prob(e, ctx)
+        mu_ab, _ = product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+    torch.testing.assert_close(term.detach(), 0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean(), rtol=1e-4, atol=1e-3)
+    torch.manual_seed(5)
+    torch.testing.assert_close(swap_cycle_term(model, e), term)  # nothing drawn
+    with pytest.raises(ValueError, match="cycle_code"):
+        SDCD(**tiny_model_kwargs, cycle_code="median")

@@ -60,6 +60,13 @@ almost nothing in posterior units, while a linear probe on standardised means (s
 at full strength. Batch units charge each dimension as the probe reads it: a shift that tells actions
 apart costs about as much as the dimension's whole spread, a shade error far less than it.
 
+`cycle_code` says which static code of A the swaps are drawn from: a "sample" of q(f | e_A), as the swap
+test of the protocol draws it, or the posterior "mean". With a sample, e_AB also shows the sample's
+noise, one posterior standard deviation per dimension; the invariant reader, asked to read A's mean from
+it, is charged about ½ per dimension for that noise whatever it does, and can lower it only by reading
+the appearance less sharply. Drawn from the mean, a flow that swaps exactly and a reader that ignores
+the action bring the invariant term to zero.
+
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
 factor, the pair's two swaps show both sequences' values of it once each, so the sum does not care where
@@ -81,6 +88,7 @@ from sdcd.static import product_of_gaussians
 CYCLE_READERS = ("fixed", "trained", "appearance", "invariant")
 CYCLE_FORMS = ("each", "pair")
 CYCLE_UNITS = ("posterior", "batch")
+CYCLE_CODES = ("sample", "mean")
 
 
 def check_cycle_args(weight: float, reader: str, augmentation_weight: float, mass: float, momentum: float,
@@ -156,6 +164,14 @@ def charge(model, read: torch.Tensor, target: torch.Tensor, var: torch.Tensor) -
     return (read - target) / var.sqrt()
 
 
+def swap_code(model, mu_a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
+    """The static code (B, D) the swaps are drawn from, as `cycle_code` says: a sample of q(f | e) (as the
+    swap test uses) or its mean."""
+    if model.hparams.cycle_code == "mean":
+        return mu_a
+    return mu_a + var_a.sqrt() * torch.randn_like(mu_a)
+
+
 def swapped_features(model, e: torch.Tensor, f: torch.Tensor, pair: bool = False):
     """Features e: (B, T, D) and static codes f: (B, D) → e_AB = h(λ_B, f_A): (B, T, D), row i with the
     dynamics of row i−1, and with `pair` also e_BA = h(λ_A, f_B), f of row i−1 with λ of row i (else None)."""
@@ -173,7 +189,7 @@ def swap_cycle_term(model, e: torch.Tensor, e_aug: torch.Tensor | None = None) -
     _, mu_a, var_a = model.static_posterior(e)  # (B, D) each
     if hp.cycle_reader == "invariant":
         return invariance_term(model, e, mu_a, var_a)
-    f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)  # a sample of q(f | e), as the swap test uses
+    f_a = swap_code(model, mu_a, var_a)
     e_ab, e_ba = swapped_features(model, e, f_a, pair=hp.cycle_form == "pair")
     target, var = f_a.detach().float(), var_a.detach().float()
     read = read_static(model, e_ab)
@@ -198,7 +214,7 @@ def invariance_term(model, e: torch.Tensor, mu_a: torch.Tensor, var_a: torch.Ten
     h(λ_B, f_A) made without gradients (cycle_form "each"; "pair" adds the other swap's reading, as for
     the other readers). mu_a, var_a: (B, D) the posterior of the batch's own features e: (B, T, D)."""
     with torch.no_grad():
-        f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)  # a sample of q(f | e), as the swap test uses
+        f_a = swap_code(model, mu_a, var_a)
         e_ab, e_ba = swapped_features(model, e, f_a, pair=model.hparams.cycle_form == "pair")
     read, target, var = read_static(model, e_ab), mu_a.float(), var_a.detach().float()
     if e_ba is not None:

@@ -28,7 +28,15 @@ from sdcd.augmentation import (
     feature_variance,
 )
 from sdcd.autoencoder import FrameDecoder, FrameEncoder, lowpass_sse
-from sdcd.cycle import CYCLE_FORMS, CYCLE_READERS, CYCLE_UNITS, AppearanceSubspace, check_cycle_args, swap_cycle_term
+from sdcd.cycle import (
+    CYCLE_CODES,
+    CYCLE_FORMS,
+    CYCLE_READERS,
+    CYCLE_UNITS,
+    AppearanceSubspace,
+    check_cycle_args,
+    swap_cycle_term,
+)
 from sdcd.dynamic import ConditionalFlow, LSTMPrior
 from sdcd.interface import Codes, SequentialModule, check_hparams
 from sdcd.precision import compiler_problem
@@ -128,6 +136,8 @@ class SDCD(SequentialModule):
         cycle_units: The units a cycle residual is charged in: "posterior" (A's posterior standard
             deviations) or "batch" (the target's standard deviation across the batch, per dimension: a
             dimension is charged as a linear probe on standardised codes reads it; sdcd.cycle says why).
+        cycle_code: The static code of A the cycle's swaps are drawn from: a "sample" of q(f | e_A) (as
+            the swap test draws it) or its "mean" (sdcd.cycle says why).
         cycle_subspace_mass: For the "appearance" reader: the fraction of the variance of f's
             colour-augmentation moves that the compared subspace keeps (its leading directions; 0.99).
         cycle_subspace_momentum: For the "appearance" reader: momentum of the running average of that
@@ -164,6 +174,7 @@ class SDCD(SequentialModule):
         augmentation_time: str = "same", cycle_weight: float = 0.0, consistency_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99, cycle_start: int = 0, cycle_units: str = "posterior",
+        cycle_code: str = "sample",
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
         autoencoder_frames: int = 0,
     ):
@@ -171,6 +182,7 @@ class SDCD(SequentialModule):
         check_hparams(choices={"augmentation_loss": AUGMENTATION_LOSSES, "augmentation_colours": AUGMENTATION_COLOURS,
                                "augmentation_time": AUGMENTATION_TIMES, "augmentation_copies": AUGMENTATION_COPIES,
                                "cycle_reader": CYCLE_READERS, "cycle_form": CYCLE_FORMS, "cycle_units": CYCLE_UNITS,
+                               "cycle_code": CYCLE_CODES,
                                "stage": STAGES}, at_least_two=("n_frames",),
                       positive=("latent_dim", "lr", "augmentation_temperature", "lowpass_kernel"),
                       non_negative=("kl_weight", "flow_weight", "grad_clip_norm", "dynamic_prior_weight",
