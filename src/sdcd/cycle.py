@@ -67,6 +67,12 @@ it, is charged about ½ per dimension for that noise whatever it does, and can l
 the appearance less sharply. Drawn from the mean, a flow that swaps exactly and a reader that ignores
 the action bring the invariant term to zero.
 
+`cycle_anchor` (invariant reader only) holds the target μ_A fixed (detached). Without it the reader may
+meet the term from both sides, moving A's own mean toward what it reads from the swap; where the flow draws
+a factor partly from λ (the top, on Sprites), the cheapest way to do that is to stop reading the factor
+at all, from A as from the swap. Measured: at a strong weight the top leaves f. Anchored, only the
+reading of the swap is moved.
+
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
 factor, the pair's two swaps show both sequences' values of it once each, so the sum does not care where
@@ -216,7 +222,8 @@ def invariance_term(model, e: torch.Tensor, mu_a: torch.Tensor, var_a: torch.Ten
     with torch.no_grad():
         f_a = swap_code(model, mu_a, var_a)
         e_ab, e_ba = swapped_features(model, e, f_a, pair=model.hparams.cycle_form == "pair")
-    read, target, var = read_static(model, e_ab), mu_a.float(), var_a.detach().float()
+    target = mu_a.detach().float() if model.hparams.cycle_anchor else mu_a.float()
+    read, var = read_static(model, e_ab), var_a.detach().float()
     if e_ba is not None:
         read = read + read_static(model, e_ba)
         target, var = target + target.roll(1, dims=0), var + var.roll(1, dims=0)

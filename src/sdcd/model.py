@@ -138,6 +138,8 @@ class SDCD(SequentialModule):
             dimension is charged as a linear probe on standardised codes reads it; sdcd.cycle says why).
         cycle_code: The static code of A the cycle's swaps are drawn from: a "sample" of q(f | e_A) (as
             the swap test draws it) or its "mean" (sdcd.cycle says why).
+        cycle_anchor: For the "invariant" reader: hold the target, A's own posterior mean, fixed (detached),
+            so that only the reading of the swap learns (sdcd.cycle says why).
         cycle_subspace_mass: For the "appearance" reader: the fraction of the variance of f's
             colour-augmentation moves that the compared subspace keeps (its leading directions; 0.99).
         cycle_subspace_momentum: For the "appearance" reader: momentum of the running average of that
@@ -174,7 +176,7 @@ class SDCD(SequentialModule):
         augmentation_time: str = "same", cycle_weight: float = 0.0, consistency_weight: float = 0.0,
         cycle_reader: str = "fixed", cycle_form: str = "each", cycle_subspace_mass: float = 0.99,
         cycle_subspace_momentum: float = 0.99, cycle_start: int = 0, cycle_units: str = "posterior",
-        cycle_code: str = "sample",
+        cycle_code: str = "sample", cycle_anchor: bool = False,
         stage: str = "joint", autoencoder_checkpoint: str | None = None, feature_cache: bool = True,
         autoencoder_frames: int = 0,
     ):
