@@ -11,7 +11,12 @@ With --swapped, also the static mean read from h(λ_B, f_A) (A's posterior mean 
 previous sequence of the split), and a probe of B's factor from it, fit and scored on such swaps: what the
 `cycle_reader=invariant` term trains the static encoder to ignore, on the pairs it is trained on.
 
-    python bench/frame_codes.py --checkpoint RUN/checkpoints/last.ckpt [--factor action] [--json]
+With --dims, per dimension of f on the test split: its spread (standard deviation across sequences) in
+posterior standard deviations, and the share of its variance the factor's classes explain (η², the
+variance of the class means over the variance), beside the largest such share of any other factor; printed
+as ranges over the dimensions (README, "What the reader is charged for decides what it drops").
+
+    python bench/frame_codes.py --checkpoint RUN/checkpoints/last.ckpt [--factor action] [--dims] [--json]
 """
 
 from __future__ import annotations
@@ -43,14 +48,31 @@ def frame_code_summary(mu_t: torch.Tensor, logvar_t: torch.Tensor, labels: torch
 
 
 @torch.no_grad()
+def dimension_shares(f: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, factor: int) -> dict[str, torch.Tensor]:
+    """f, var: (N, D) posterior means and variances; labels: (N, F) every factor's class → per dimension (D,):
+    "spread" (std of f over N / mean posterior std), "share" (η² of `factor`: the variance of its class means,
+    weighted by class size, over f's variance; in [0, 1]), "other" (the largest η² of the other factors)."""
+    def eta2(y: torch.Tensor) -> torch.Tensor:
+        between = sum((y == c).sum() * (f[y == c].mean(0) - f.mean(0)) ** 2 for c in y.unique()) / len(f)
+        return between / f.var(0, unbiased=False).clamp_min(1e-12)
+
+    others = [eta2(labels[:, i]) for i in range(labels.shape[1]) if i != factor]
+    return {"spread": f.std(0) / var.sqrt().mean(0), "share": eta2(labels[:, factor]),
+            "other": torch.stack(others).max(0).values if others else torch.zeros(f.shape[1])}
+
+
+@torch.no_grad()
 def frame_posteriors(model, dm, split: str, factor: int, max_sequences: int | None = None):
-    """(μ_t, log σ_t², labels of `factor`) of a split: (N, T, D), (N, T, D), (N,), noise-free features."""
+    """(μ_t, log σ_t², labels of `factor`) of a split: (N, T, D), (N, T, D), (N,) (every factor's: (N, F) with
+    factor None), noise-free features."""
     n = dm.split_size(split) if max_sequences is None else min(max_sequences, dm.split_size(split))
     mus, logvars, ys = [], [], []
     for index in torch.arange(n).split(256):
         batch = dm.batch(split, index)
         mu_t, logvar_t = model.static_encoder(model.frame_features(batch["x"], noise=False))
-        mus.append(mu_t.float()), logvars.append(logvar_t.float()), ys.append(batch["labels"][:, 0, factor])
+        labels = batch["labels"][:, 0]
+        ys.append(labels if factor is None else labels[:, factor])
+        mus.append(mu_t.float()), logvars.append(logvar_t.float())
     return torch.cat(mus), torch.cat(logvars), torch.cat(ys)
 
 
@@ -86,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-train", type=int, default=10_000, help="train sequences the probes fit on")
     ap.add_argument("--swapped", action="store_true",
                     help="also probe the partner's factor from the static mean read from h(λ_B, f_A)")
+    ap.add_argument("--dims", action="store_true",
+                    help="also the per-dimension spread of f and the shares of its variance the factors explain")
     ap.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = ap.parse_args(argv)
 
@@ -101,7 +125,8 @@ def main(argv=None) -> int:
     i = names.index(args.factor)
     n_classes, floor = dm.factors[i].n_classes, model.hparams.variance_floor
     tr_mu, tr_logvar, tr_y = frame_posteriors(model, dm, "train", i, args.max_train)
-    te_mu, te_logvar, te_y = frame_posteriors(model, dm, "test", i)
+    te_mu, te_logvar, te_labels = frame_posteriors(model, dm, "test", None)
+    te_y = te_labels[:, i]
     train = frame_code_summary(tr_mu, tr_logvar, tr_y, n_classes, floor)
     test = frame_code_summary(te_mu, te_logvar, te_y, n_classes, floor)
     out = {}
@@ -117,6 +142,12 @@ def main(argv=None) -> int:
         te_f, te_b = swapped_codes(model, dm, "test", i)
         predict = fit_linear_probe(tr_f, tr_b, n_classes)
         out[f"probe/swapped/{args.factor}"] = float((predict(te_f) == te_b).float().mean())
+    if args.dims:
+        from sdcd.static import product_of_gaussians
+
+        shares = dimension_shares(*product_of_gaussians(te_mu, te_logvar, floor), te_labels, i)
+        for what, v in shares.items():
+            out.update({f"dims/{what}/{stat}": float(getattr(v, stat)()) for stat in ("min", "median", "max")})
     if args.json:
         print(json.dumps(out))
         return 0
@@ -128,6 +159,12 @@ def main(argv=None) -> int:
         print(f"{text} / aggregated variance: median {out[f'{what}/median']:.3g}, mean {out[f'{what}/mean']:.3g}, "
               f"max {out[f'{what}/max']:.3g} (over dimensions)")
     print(f"static consistency term: {out['consistency']:.1f}")
+    if args.dims:
+        for what, text in (("spread", "spread of f across sequences / posterior std"),
+                           ("share", f"share of a dimension's variance explained by the {args.factor}"),
+                           ("other", "largest share explained by any other factor")):
+            print(f"{text}: min {out[f'dims/{what}/min']:.3g}, median {out[f'dims/{what}/median']:.3g}, "
+                  f"max {out[f'dims/{what}/max']:.3g} (over dimensions)")
     if args.swapped:
         print(f"probe the partner's {args.factor} from the static mean of h(λ_B, f_A): "
               f"{100 * out[f'probe/swapped/{args.factor}']:.1f}%")

@@ -283,6 +283,23 @@ def test_frame_codes_measure_the_frames_spread_and_the_classes_apart():
     torch.testing.assert_close(out["consistency"], torch.tensor(0.5))
 
 
+def test_frame_codes_dims_give_each_dimensions_spread_and_the_factors_shares():
+    from frame_codes import dimension_shares
+
+    # 4 sequences, D = 2: dim 0 follows factor 1 only, dim 1 factor 0 (plus a little of factor 1)
+    labels = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    f = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
+    var = torch.full((4, 2), 0.25)  # posterior std 0.5
+    out = dimension_shares(f, var, labels, factor=0)
+    # std over 4 of (0, 2, 0, 2) and (0, 0, 4, 4): 2/√3 and 4/√3, over 0.5
+    torch.testing.assert_close(out["spread"], torch.tensor([4.0, 8.0]) / 3 ** 0.5)
+    # factor 0's class means: dim 0 (1, 1) → share 0; dim 1 (0, 4) explain all of it → 1
+    torch.testing.assert_close(out["share"], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(out["other"], torch.tensor([1.0, 0.0]))
+    f[:, 1] += torch.tensor([0.0, 2.0, 0.0, 2.0])  # dim 1 now (0, 2, 4, 6): factor 0 explains 16 of 20 / 4
+    torch.testing.assert_close(dimension_shares(f, var, labels, factor=0)["share"], torch.tensor([0.0, 0.8]))
+
+
 def test_a_sequence_swapped_with_itself_reads_as_its_own_static_mean(tiny_model_kwargs):
     """frame_codes --swapped: h(h⁻¹(e, f), f) = e, so with one row (its own partner) the swapped reading is
     its own posterior mean; with two rows each is read from the other's dynamics."""
