@@ -275,3 +275,5 @@ def test_an_anchored_invariant_reader_learns_only_from_the_reading_of_the_swap(t
     (0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean()).backward()
     by_hand = torch.cat([p.grad.flatten() for p in model.static_encoder.parameters()])
     torch.testing.assert_close(grads[True], by_hand, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="cycle_anchor=true .* needs model.cycle_reader=invariant"):
+        SDCD(**tiny_model_kwargs, cycle_reader="fixed", cycle_anchor=True)

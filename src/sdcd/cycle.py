@@ -51,14 +51,13 @@ the static code f_A learn from it. `cycle_reader` says whether the static encode
 
 `cycle_units` says in what units a residual μ_d(e_AB) − target_d is charged. "posterior": A's posterior
 standard deviation σ_A,d, as above. "batch": the spread of the target over the batch, its standard
-deviation across sequences in dimension d (detached). The two differ where it matters for the action.
-f's posterior is narrow in the dimensions that hold the appearance (σ far below the spread between
-characters), so in posterior units a shade the flow draws slightly wrong is a large residual — the
-reader is pushed hardest to excuse exactly the appearance. In the dimensions f leaves unused, the
-spread across sequences is tiny and the posterior wide, so an action-dependent shift of the mean costs
-almost nothing in posterior units, while a linear probe on standardised means (sdcd.probes) reads it
-at full strength. Batch units charge each dimension as the probe reads it: a shift that tells actions
-apart costs about as much as the dimension's whole spread, a shade error far less than it.
+deviation across sequences in dimension d (detached), the scale a linear probe on standardised codes
+(sdcd.probes) divides each dimension by. The idea was that the probe reads the action where a dimension's
+spread is small; measured on Sprites it is not so (README, "What the reader is charged for decides what it
+drops"): every dimension of f holds the appearance, spread over 3–52 posterior standard deviations, and the
+action's trace in each is a fraction of one. The probe reads that trace because f's mean is nearly a
+function of the character and the action; against the spread it costs almost nothing, and batch units
+changed nothing. Posterior units are the ones that charge it.
 
 `cycle_code` says which static code of A the swaps are drawn from: a "sample" of q(f | e_A), as the swap
 test of the protocol draws it, or the posterior "mean". With a sample, e_AB also shows the sample's
@@ -70,8 +69,8 @@ the action bring the invariant term to zero.
 `cycle_anchor` (invariant reader only) holds the target μ_A fixed (detached). Without it the reader may
 meet the term from both sides, moving A's own mean toward what it reads from the swap; where the flow draws
 a factor partly from λ (the top, on Sprites), the cheapest way to do that is to stop reading the factor
-at all, from A as from the swap. Measured: at a strong weight the top leaves f. Anchored, only the
-reading of the swap is moved.
+at all, from A as from the swap. Anchored, only the reading of the swap is moved. Measured on Sprites
+(README): unanchored at weight 100 the top leaves f (swap top 57%); anchored it stays (99.9%).
 
 `cycle_form="pair"` asks less: only the *sum* of the two readings of a pair's swaps, h(λ_B, f_A) and
 h(λ_A, f_B), must equal f_A + f_B (in units of the sum's posterior variance). Whichever code holds a
@@ -98,8 +97,11 @@ CYCLE_CODES = ("sample", "mean")
 
 
 def check_cycle_args(weight: float, reader: str, augmentation_weight: float, mass: float, momentum: float,
-                     units: str = "posterior") -> None:
+                     units: str = "posterior", anchor: bool = False) -> None:
     """One-line errors for cycle settings that cannot work together."""
+    if anchor and reader != "invariant":
+        raise ValueError(f"model.cycle_anchor=true holds the invariant reader's target fixed: it needs "
+                         f"model.cycle_reader=invariant, got {reader}")
     if reader == "appearance" and units != "posterior":
         raise ValueError(f"model.cycle_units={units}: the appearance reader's subspace is found in posterior "
                          f"units, so it needs model.cycle_units=posterior")

@@ -134,8 +134,8 @@ class SDCD(SequentialModule):
         cycle_form: "each" (every swap must read back as its static code) or "pair" (the two swaps of
             a pair of rows must read back as the sum of their static codes; sdcd.cycle).
         cycle_units: The units a cycle residual is charged in: "posterior" (A's posterior standard
-            deviations) or "batch" (the target's standard deviation across the batch, per dimension: a
-            dimension is charged as a linear probe on standardised codes reads it; sdcd.cycle says why).
+            deviations) or "batch" (the target's standard deviation across the batch, per dimension, the
+            scale a probe on standardised codes divides by; measured on Sprites: no effect, sdcd.cycle).
         cycle_code: The static code of A the cycle's swaps are drawn from: a "sample" of q(f | e_A) (as
             the swap test draws it) or its "mean" (sdcd.cycle says why).
         cycle_anchor: For the "invariant" reader: hold the target, A's own posterior mean, fixed (detached),
@@ -205,7 +205,7 @@ class SDCD(SequentialModule):
         if lowpass_weight > 0 and frame_size % lowpass_kernel:
             raise ValueError(f"model.lowpass_kernel={lowpass_kernel} must divide model.frame_size={frame_size}")
         check_cycle_args(cycle_weight, cycle_reader, augmentation_weight, cycle_subspace_mass, cycle_subspace_momentum,
-                         cycle_units)
+                         cycle_units, cycle_anchor)
         self.save_hyperparameters()
         d = latent_dim
         self.encoder = FrameEncoder(frame_size, channels, base_channels, d)
