@@ -217,10 +217,10 @@ def swap_cycle_term(model, e: torch.Tensor, e_aug: torch.Tensor | None = None) -
 
 
 def invariance_term(model, e: torch.Tensor, mu_a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
-    """The "invariant" reader's term: ½ Σ_d (μ_d(e_AB) − μ_A,d)² / σ²_A,d, batch-averaged (σ as
-    `cycle_units` says), with e_AB =
-    h(λ_B, f_A) made without gradients (cycle_form "each"; "pair" adds the other swap's reading, as for
-    the other readers). mu_a, var_a: (B, D) the posterior of the batch's own features e: (B, T, D)."""
+    """The "invariant" reader's term: ½ Σ_d (μ_d(e_AB) − μ_A,d)² / σ²_A,d, batch-averaged (σ as `cycle_units`
+    says; μ_A detached with `cycle_anchor`), with e_AB = h(λ_B, f_A) made without gradients (cycle_form
+    "each"; "pair" adds the other swap's reading, as for the other readers). mu_a, var_a: (B, D) the
+    posterior of the batch's own features e: (B, T, D)."""
     with torch.no_grad():
         f_a = swap_code(model, mu_a, var_a)
         e_ab, e_ba = swapped_features(model, e, f_a, pair=model.hparams.cycle_form == "pair")
