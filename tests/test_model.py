@@ -196,5 +196,6 @@ def test_the_cycle_term_starts_at_cycle_start_through_the_cli(in_tmp):
             "--trainer.max_steps=3", "--model.cycle_weight=1.0", "--model.cycle_reader=invariant"]
     late = main([*args, "--model.cycle_start=10"])
     assert "train/cycle" not in late.trainer.callback_metrics and not late.model.cycle_active
-    early = main([*args, "--model.cycle_start=2"])
+    early = main([*args, "--model.cycle_start=2", "--model.cycle_code=mean", "--model.cycle_anchor=true"])
     assert "train/cycle" in early.trainer.callback_metrics and early.model.cycle_active
+    assert early.model.hparams.cycle_code == "mean" and early.model.hparams.cycle_anchor
