@@ -62,7 +62,7 @@ def dimension_shares(f: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, f
 
 
 @torch.no_grad()
-def frame_posteriors(model, dm, split: str, factor: int, max_sequences: int | None = None):
+def frame_posteriors(model, dm, split: str, factor: int | None, max_sequences: int | None = None):
     """(μ_t, log σ_t², labels of `factor`) of a split: (N, T, D), (N, T, D), (N,) (every factor's: (N, F) with
     factor None), noise-free features."""
     n = dm.split_size(split) if max_sequences is None else min(max_sequences, dm.split_size(split))

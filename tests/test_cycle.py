@@ -12,6 +12,13 @@ from sdcd.model import SDCD
 from sdcd.static import product_of_gaussians
 
 
+def swap_by_hand(model, e, f):
+    """e_AB = h(λ_B, f_A) written out: e: (B, T, D), f: (B, D); row i with the dynamics of row i−1."""
+    ctx = repeat(f, "b d -> b t d", t=e.shape[1])
+    lam, _ = model.flow.inverse_and_log_prob(e, ctx)
+    return model.flow.generate(lam.roll(1, 0), ctx)
+
+
 def test_one_sequence_cycles_to_itself_so_only_the_sampling_noise_of_f_is_charged(tiny_model_kwargs):
     """With B = 1 the "next row" is the row itself: h(h⁻¹(e, f), f) = e, the reader finds q(f | e) again,
     and the term is ½‖ε‖² for the sample f = μ + σ·ε."""
@@ -44,9 +51,7 @@ def test_the_static_encoder_learns_as_the_reader_only_when_trained(tiny_model_kw
     torch.manual_seed(2)
     _, mu_a, var_a = model.static_posterior(e)
     f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)
-    ctx = repeat(f_a, "b d -> b t d", t=4)
-    lam, _ = model.flow.inverse_and_log_prob(e, ctx)
-    mu_ab, _ = product_of_gaussians(*frozen(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+    mu_ab, _ = product_of_gaussians(*frozen(swap_by_hand(model, e, f_a)), 1e-6)
     (0.5 * ((mu_ab - f_a.detach()) ** 2 / var_a.detach()).sum(1).mean()).backward()
     rel = [((g - p.grad).abs().max() / g.abs().max()).item() for g, p in zip(got, model.static_encoder.parameters())]
     if reader == "fixed":
@@ -180,9 +185,7 @@ def test_only_the_invariant_reader_learns_and_it_matches_the_term_by_hand(tiny_m
     with torch.no_grad():
         _, mu_a, var_a = model.static_posterior(e)  # the same frame-wise samples as inside the term
         f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)
-        ctx = repeat(f_a, "b d -> b t d", t=4)
-        lam, _ = model.flow.inverse_and_log_prob(e, ctx)
-        mu_ab, _ = product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+        mu_ab, _ = product_of_gaussians(*model.static_encoder(swap_by_hand(model, e, f_a)), 1e-6)
     torch.testing.assert_close(term.detach(), 0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean(), rtol=1e-4, atol=1e-3)
 
 
@@ -216,9 +219,7 @@ def test_batch_units_charge_each_dimension_in_its_spread_across_the_batch(tiny_m
     with torch.no_grad():
         _, mu_a, var_a = model.static_posterior(e)
         f_a = mu_a + var_a.sqrt() * torch.randn_like(mu_a)
-        ctx = repeat(f_a, "b d -> b t d", t=4)
-        lam, _ = model.flow.inverse_and_log_prob(e, ctx)
-        mu_ab, _ = product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+        mu_ab, _ = product_of_gaussians(*model.static_encoder(swap_by_hand(model, e, f_a)), 1e-6)
     by_hand = {"posterior": 0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean(),
                "batch": 0.5 * ((mu_ab - mu_a) ** 2 / mu_a.var(0, keepdim=True)).sum(1).mean()}
     for units in terms:
@@ -242,9 +243,7 @@ def test_swaps_drawn_from_the_mean_match_the_term_by_hand(tiny_model_kwargs):
     term = swap_cycle_term(model, e)
     with torch.no_grad():
         _, mu_a, var_a = model.static_posterior(e)
-        ctx = repeat(mu_a, "b d -> b t d", t=4)
-        lam, _ = model.flow.inverse_and_log_prob(e, ctx)
-        mu_ab, _ = product_of_gaussians(*model.static_encoder(model.flow.generate(lam.roll(1, 0), ctx)), 1e-6)
+        mu_ab, _ = product_of_gaussians(*model.static_encoder(swap_by_hand(model, e, mu_a)), 1e-6)
     torch.testing.assert_close(term.detach(), 0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean(), rtol=1e-4, atol=1e-3)
     torch.manual_seed(5)
     torch.testing.assert_close(swap_cycle_term(model, e), term)  # nothing drawn
@@ -268,9 +267,7 @@ def test_an_anchored_invariant_reader_learns_only_from_the_reading_of_the_swap(t
     model.zero_grad()  # by hand: the gradient of ½ Σ (μ(e_AB) − sg(μ_A))² / σ²_A
     with torch.no_grad():
         _, mu_a, var_a = model.static_posterior(e)
-        ctx = repeat(mu_a, "b d -> b t d", t=4)
-        lam, _ = model.flow.inverse_and_log_prob(e, ctx)
-        e_ab = model.flow.generate(lam.roll(1, 0), ctx)
+        e_ab = swap_by_hand(model, e, mu_a)
     mu_ab, _ = product_of_gaussians(*model.static_encoder(e_ab), 1e-6)
     (0.5 * ((mu_ab - mu_a) ** 2 / var_a).sum(1).mean()).backward()
     by_hand = torch.cat([p.grad.flatten() for p in model.static_encoder.parameters()])

@@ -183,10 +183,10 @@ def swap_code(model, mu_a: torch.Tensor, var_a: torch.Tensor) -> torch.Tensor:
 def swapped_features(model, e: torch.Tensor, f: torch.Tensor, pair: bool = False):
     """Features e: (B, T, D) and static codes f: (B, D) → e_AB = h(λ_B, f_A): (B, T, D), row i with the
     dynamics of row i−1, and with `pair` also e_BA = h(λ_A, f_B), f of row i−1 with λ of row i (else None)."""
-    t = e.shape[1]
-    lam, _ = model.flow.inverse_and_log_prob(e, repeat(f, "b d -> b t d", t=t))  # (B, T, D)
-    e_ab = model.flow.generate(lam.roll(1, dims=0), repeat(f, "b d -> b t d", t=t))
-    e_ba = model.flow.generate(lam, repeat(f.roll(1, dims=0), "b d -> b t d", t=t)) if pair else None
+    context = repeat(f, "b d -> b t d", t=e.shape[1])  # (B, T, D)
+    lam, _ = model.flow.inverse_and_log_prob(e, context)  # (B, T, D)
+    e_ab = model.flow.generate(lam.roll(1, dims=0), context)
+    e_ba = model.flow.generate(lam, context.roll(1, dims=0)) if pair else None
     return e_ab, e_ba
 
 
